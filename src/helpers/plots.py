@@ -1,0 +1,77 @@
+"""The figures the notebooks show; each returns a matplotlib Figure (saved with artifacts.save_figure)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+# one fixed colour per arm, the same in every figure
+ARM_COLORS = {
+    "merged+disabled": "#1f77b4",
+    "merged+copy": "#aec7e8",
+    "adapter+disabled": "#d62728",
+    "adapter+copy": "#ff9896",
+    "adapter+ref-adapter": "#2ca02c",
+    "stacked": "#9467bd",
+    "base+disabled": "#7f7f7f",
+}
+
+
+def sft_loss(losses: list[float]):
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(range(1, len(losses) + 1), losses, marker="o")
+    ax.set(xlabel="logging step", ylabel="training loss", title="SFT: causal-LM loss on IMDB reviews")
+    fig.tight_layout()
+    return fig
+
+
+def ppo_curves(metrics: pd.DataFrame, title: str = "PPO"):
+    """Reward, KL to the reference, and KL coefficient per step of one run."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(metrics["step"], metrics["reward_mean"], marker="o")
+    axes[0].fill_between(metrics["step"], metrics["reward_mean"] - metrics["reward_std"],
+                         metrics["reward_mean"] + metrics["reward_std"], alpha=0.2)
+    axes[0].set(xlabel="step", ylabel="reward", title="mean reward (± std)")
+    axes[1].plot(metrics["step"], metrics["kl_ref"], marker="o", label="sampled, summed over response")
+    axes[1].plot(metrics["step"], metrics["kl_ref_exact"], marker=".", label="exact, per token")
+    axes[1].set(xlabel="step", ylabel="KL(policy ‖ reference)", title="KL to the reference")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(metrics["step"], metrics["kl_coef"], marker="o")
+    axes[2].set(xlabel="step", ylabel="β", title="KL coefficient")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_curves(metrics: pd.DataFrame):
+    """The two plots the tutorial exists for (reward and KL to the arm's own reference per step), plus the
+    common yardstick: KL to the SFT model."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    panels = [("reward_mean", "mean reward"), ("kl_ref_exact", "KL to the arm's own reference (penalised)"),
+              ("kl_sft_exact", "KL to the SFT model (yardstick)")]
+    for ax, (column, title) in zip(axes, panels):
+        for arm, rows in metrics.groupby("arm", sort=False):
+            dashed = arm.endswith("copy")  # copies overlap their one-backbone twins: draw them dashed
+            ax.plot(rows["step"], rows[column], label=arm, color=ARM_COLORS.get(arm), marker="o", markersize=3,
+                    linestyle="--" if dashed else "-", linewidth=2.5 if not dashed else 1.5)
+        ax.set(xlabel="PPO step", title=title)
+    axes[1].set_ylabel("exact KL per token (nats)")
+    axes[2].set_ylabel("exact KL per token (nats)")
+    axes[0].set_ylabel("reward")
+    axes[2].legend(fontsize=8, loc="best")
+    fig.suptitle("Which reference model? Same seed, prompts, reward and hyperparameters in every arm")
+    fig.tight_layout()
+    return fig
+
+
+def memory_and_time(summary: pd.DataFrame):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    colors = [ARM_COLORS.get(a) for a in summary["arm"]]
+    axes[0].barh(summary["arm"], summary["model_bytes"] / 2**20, color=colors)
+    axes[0].set(xlabel="MiB of weights the arm holds", title="memory: backbones + adapters + value head")
+    axes[1].barh(summary["arm"], summary["step_time_s"], color=colors)
+    axes[1].set(xlabel="seconds per PPO step", title="time")
+    for ax in axes:
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

