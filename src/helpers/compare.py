@@ -157,11 +157,12 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
         done = set()  # results from other settings are not comparable: start over
         metrics, summary, samples = pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
     write_json(settings_file, settings)
-    sticks = yardsticks(profile, merged_dir)
+    sticks = None
     for name in arms:
         if name in done and not force:
             print(f"{name}: results exist, skipped (force=True to re-run)")
             continue
+        sticks = sticks or yardsticks(profile, merged_dir)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

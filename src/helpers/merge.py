@@ -73,7 +73,9 @@ def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_te
     module is left.
     """
     dtype = getattr(torch, profile.merge_dtype)
-    base_model = base_model if base_model is not None else load_model(profile, dtype=dtype)
+    if base_model is None:
+        # a backbone that trains in 8-bit does not fit the GPU in full precision: merge it in CPU RAM
+        base_model = load_model(profile, dtype=dtype, on="cpu" if profile.load_in_8bit else None)
     if is_quantized(base_model):
         raise QuantizedMergeError(
             "Refusing to merge into an 8-bit/4-bit base: re-quantizing W + BA rounds away much of the "

@@ -237,11 +237,12 @@ def compute_dtype(profile: Profile) -> torch.dtype:
 
 
 def load_model(profile: Profile, path: str | os.PathLike | None = None, quantize: str | None = None,
-               dtype: torch.dtype | None = None):
+               dtype: torch.dtype | None = None, on: str | torch.device | None = None):
     """A causal LM: the profile's base model, or a saved folder (e.g. the merged model from notebook 02).
 
     `quantize` is None, "8bit" or "4bit" (bitsandbytes; LoRA then trains on top of the frozen
-    quantized backbone). Weights are read from safetensors only and no remote code is run.
+    quantized backbone). `on` is the device (default: CUDA if present). Weights are read from
+    safetensors only and no remote code is run.
     """
     if profile.needs_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"Profile {profile.name!r} needs a CUDA GPU: {profile.hardware}")
@@ -257,10 +258,10 @@ def load_model(profile: Profile, path: str | os.PathLike | None = None, quantize
             load_in_4bit=quantize == "4bit",
             bnb_4bit_compute_dtype=kwargs["dtype"],
         )
-        kwargs["device_map"] = {"": device()}
+        kwargs["device_map"] = {"": on or device()}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quantize is None:
-        model.to(device())
+        model.to(on or device())
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.generation_config.eos_token_id
     return model

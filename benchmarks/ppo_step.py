@@ -1,0 +1,102 @@
+"""How close is one PPO step to its floor?
+
+The floor is the work a step cannot avoid, each part timed alone on the same batch: generation + one
+reference forward + ppo_epochs x (forward/backward over the minibatches). The ratio step / floor shows
+what the loop adds on top (the rollout's own forward, scoring, GAE, bookkeeping). Target: <= 1.3.
+
+    .venv/bin/python benchmarks/ppo_step.py --profile tiny --profile smol [--steps 4]
+
+Needs the merged model of notebook 02 for each profile (`make tutorial PROFILE=...`), else it uses the
+base model (the work per step is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import helpers  # noqa: F401
+from helpers import get_profile
+from helpers.artifacts import output_dir, stage_dir
+from helpers.data import load_imdb, ppo_queries
+from helpers.models import load_model, load_tokenizer, new_lora
+from helpers.ppo import (ValueHead, config_from_profile, gather_logprobs, policy_forward, rollout,
+                         trainable_parameters, train)
+from helpers.reference import DisabledAdapters
+from helpers.rewards import load_reward
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(profile_name: str, steps: int, repeats: int) -> dict:
+    profile = get_profile(profile_name)
+    merged_dir = stage_dir(output_dir(), profile.name, "02_merge") / "model"
+    model = load_model(profile, merged_dir if merged_dir.exists() else None)
+    tokenizer = load_tokenizer(merged_dir if merged_dir.exists() else profile)
+    policy = new_lora(model, profile)
+    value_head = ValueHead(model.config.hidden_size)
+    reference = DisabledAdapters(policy)
+    config = config_from_profile(profile, steps=steps + 1)
+    queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=config.steps * config.batch_size, seed=0)
+    reward = load_reward(profile)
+
+    # the whole loop: median step time, the first (warm-up) step left out
+    metrics = train(policy, value_head, reference, tokenizer, queries, reward, config, progress=False)
+    step = float(metrics.step_time_s.iloc[1:].median())
+    phases = metrics[["gen_s", "score_s", "ref_s", "update_s"]].iloc[1:].median().to_dict()
+
+    # the floor, each part alone on one batch like the loop's
+    batch = queries[: config.batch_size]
+    lengths = np.random.default_rng(0).integers(config.response_len[0], config.response_len[1] + 1,
+                                                size=config.batch_size).tolist()
+    torch.manual_seed(0)
+    ro = rollout(policy, tokenizer, batch, lengths)
+    generation = timed(lambda: rollout(policy, tokenizer, batch, lengths), repeats)
+    ref_forward = timed(lambda: reference.logits(ro.input_ids, ro.attention_mask), repeats)
+    params = trainable_parameters(policy, value_head)
+
+    def one_epoch():
+        for i in range(0, config.batch_size, config.mini_batch_size):
+            ids, mask = ro.input_ids[i : i + config.mini_batch_size], ro.attention_mask[i : i + config.mini_batch_size]
+            logits, values = policy_forward(policy, value_head, ids, mask)
+            logprobs = gather_logprobs(ro.response_logits(logits), ro.response_tokens[i : i + config.mini_batch_size])
+            (logprobs.sum() + ro.response_logits(values).sum()).backward()
+            for p in params:
+                p.grad = None
+
+    fwd_bwd = config.ppo_epochs * timed(one_epoch, repeats)
+    floor = generation + ref_forward + fwd_bwd
+    return {"profile": profile.name, "batch": config.batch_size, "step_s": step, **phases,
+            "floor_generation_s": generation, "floor_ref_forward_s": ref_forward,
+            "floor_epochs_fwd_bwd_s": fwd_bwd, "floor_s": floor, "ratio": step / floor}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", action="append", help="profile(s) to measure (default: tiny and smol)")
+    parser.add_argument("--steps", type=int, default=4, help="PPO steps timed after one warm-up step")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each floor measurement")
+    args = parser.parse_args()
+    import pandas as pd
+
+    rows = [bench(name, args.steps, args.repeats) for name in args.profile or ["tiny", "smol"]]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    print(pd.DataFrame(rows).set_index("profile").T.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

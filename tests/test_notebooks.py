@@ -1,0 +1,105 @@
+"""Papermill runs of 01 -> 04 on `tiny` (the session fixture `tiny_outputs`), checked through the
+artifacts they write; the bad-input paths; and nbval over the committed notebooks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from safetensors import safe_open
+
+from conftest import NOTEBOOKS, ROOT
+from helpers.artifacts import stage_dir
+
+pytestmark = pytest.mark.slow
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_01_sft_lowers_heldout_perplexity(tiny_outputs):
+    adapter = stage_dir(tiny_outputs, "tiny", "01_sft") / "adapter"
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    assert metrics["sft_perplexity"] < 0.95 * metrics["base_perplexity"]
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        assert any("lora_A" in k for k in f.keys()) and any("lora_B" in k for k in f.keys())
+    assert not list(adapter.glob("*.bin"))
+
+
+def test_02_merged_model_matches_and_is_standalone(tiny_outputs):
+    stage = stage_dir(tiny_outputs, "tiny", "02_merge")
+    verification = json.loads((stage / "verification.json").read_text())
+    assert verification["max_abs_logit_diff"] <= verification["tolerance"] == 1e-3
+    assert verification["lora_modules_left"] == 0 and verification["same_greedy_generation"]
+    with safe_open(stage / "model" / "model.safetensors", "pt") as f:
+        assert not any("lora" in k for k in f.keys())
+    assert json.loads((stage / "model" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_03_ppo_artifacts(tiny_outputs, tiny):
+    stage = stage_dir(tiny_outputs, "tiny", "03_ppo")
+    metrics = pd.read_csv(stage / "metrics.csv")
+    assert list(metrics.step) == list(range(tiny.ppo_steps))
+    assert abs(metrics.kl_ref_exact[0]) < 1e-5 and metrics.kl_ref_exact.iloc[1:].gt(0).all()
+    assert {"adapter_config.json", "adapter_model.safetensors", "value_head.safetensors"} <= {
+        f.name for f in (stage / "adapter").iterdir()}
+    evaluation = json.loads((stage / "evaluation.json").read_text())
+    samples = pd.read_csv(stage / "samples.csv")
+    assert len(samples) == tiny.eval_prompts == evaluation["prompts"]
+    assert evaluation["reward_ppo"] == pytest.approx(samples["PPO reward"].mean())
+
+
+def test_figures_are_pngs(tiny_outputs):
+    figures = [*(tiny_outputs / "tiny" / "figures").glob("*.png"),
+               *(stage_dir(tiny_outputs, "tiny", "04_comparison") / "figures").glob("*.png")]
+    assert {f.name for f in figures} == {"01_sft_loss.png", "03_ppo_curves.png", "comparison.png", "memory_time.png"}
+    for f in figures:
+        assert f.read_bytes()[:8] == PNG and f.stat().st_size > 5000
+
+
+def test_executed_notebooks_and_no_leftovers(tiny_outputs):
+    executed = tiny_outputs / "tiny" / "notebooks"
+    assert {f.stem for f in executed.glob("*.ipynb")} == set(NOTEBOOKS)
+    assert set(json.loads((executed / "timings.json").read_text())) == set(NOTEBOOKS)
+    assert not [p for p in tiny_outputs.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.parametrize("notebook, missing", [("02_merge_adapter", "01_sft_lora.ipynb"),
+                                               ("03_ppo_lora", "02_merge_adapter.ipynb"),
+                                               ("04_reference_model_comparison", "02_merge_adapter.ipynb")])
+def test_running_out_of_order_names_the_notebook_to_run_first(notebook, missing, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    from helpers.run_notebooks import run
+
+    with pytest.raises(PapermillExecutionError, match=missing) as err:
+        run([notebook], "tiny", tmp_path)
+    assert "MissingArtifactError" in str(err.value)
+    assert not (tmp_path / "tiny" / "notebooks" / f"{notebook}.ipynb").exists()
+    assert not [p for p in (tmp_path / "tiny").rglob("*") if p.is_file() and p.name != "timings.json"]
+
+
+def test_nbval_checks_the_committed_outputs(tmp_path):
+    """nbval (lax) executes every notebook on `tiny`, in order, and compares the cells marked
+    NBVAL_CHECK_OUTPUT with the outputs committed in the notebooks."""
+    env = {**os.environ, "TUTORIAL_PROFILE": "tiny", "OUTPUT_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                             *[str(ROOT / "notebooks" / f"{n}.ipynb") for n in NOTEBOOKS]],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_notebooks_are_committed_clean():
+    """First code cell tagged `parameters`; outputs only in nbval-checked cells; a Colab badge on top."""
+    import nbformat
+
+    for name in NOTEBOOKS:
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), name
+        assert "colab.research.google.com" in nb.cells[0].source and name in nb.cells[0].source
+        assert "google.colab" in code[1].source
+        for cell in code:
+            assert bool(cell.outputs) == ("NBVAL_CHECK_OUTPUT" in cell.source), (name, cell.source[:60])
+            assert len(cell.source.splitlines()) <= 15, (name, cell.source[:60])

@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+
+from helpers.ppo import (
+    AdaptiveKLController,
+    gae,
+    kl_exact,
+    kl_sampled,
+    policy_loss,
+    value_loss,
+    whiten,
+)
+
+
+def test_gae_by_hand():
+    rewards, values = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.5]])
+    adv, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.95)
+    # t=2: 1 - 0.5 = 0.5; t=1: 0 + 0.95 * 0.5; t=0: 0.95 * 0.475
+    assert adv.tolist()[0] == pytest.approx([0.45125, 0.475, 0.5])
+    assert ret.tolist()[0] == pytest.approx([0.95125, 0.975, 1.0])
+
+
+def test_gae_stops_at_the_end_of_a_shorter_response():
+    rewards, values = torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[0.5, 0.5, 9.0]])
+    adv, ret = gae(rewards, values, torch.tensor([[1.0, 1.0, 0.0]]), gamma=1.0, lam=0.95)
+    assert adv.tolist()[0] == pytest.approx([0.475, 0.5, 0.0])  # padding contributes nothing
+    assert ret.tolist()[0] == pytest.approx([0.975, 1.0, 0.0])
+
+
+def test_gae_with_discount():
+    adv, _ = gae(torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2), torch.ones(1, 2), gamma=0.5, lam=1.0)
+    assert adv.tolist()[0] == pytest.approx([1.5, 1.0])
+
+
+def test_whiten_uses_only_masked_entries():
+    x, mask = torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    s = math.sqrt(1.5)  # 1 / sqrt(2/3)
+    assert whiten(x, mask).tolist() == pytest.approx([-s, 0.0, s, 0.0], abs=1e-6)
+
+
+def test_clipped_policy_loss_by_hand():
+    new, old = torch.tensor([[math.log(1.5), math.log(1.5)]]), torch.zeros(1, 2)
+    adv, mask = torch.tensor([[1.0, -1.0]]), torch.ones(1, 2)
+    loss, clipfrac, approx_kl = policy_loss(new, old, adv, mask, cliprange=0.2)
+    # A=+1: max(-1.5, -1.2) = -1.2 (clipped); A=-1: max(1.5, 1.2) = 1.5
+    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+    assert approx_kl.item() == pytest.approx(0.5 - math.log(1.5))
+
+
+def test_policy_loss_ratio_one_is_minus_mean_advantage():
+    adv = torch.tensor([[0.3, -0.1, 2.0]])
+    loss, clipfrac, approx_kl = policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), adv, torch.ones(1, 3), 0.2)
+    assert loss.item() == pytest.approx(-adv.mean().item())
+    assert clipfrac.item() == 0 and approx_kl.item() == 0
+
+
+def test_clipped_value_loss_by_hand():
+    mask = torch.ones(1, 1)
+    # moved 1.0 from 0.0 towards a return of 2.0: clipped to 0.2, whose error (1.8^2) is the larger
+    assert value_loss(torch.tensor([[1.0]]), torch.zeros(1, 1), torch.tensor([[2.0]]), mask, 0.2).item() == pytest.approx(1.62)
+    # inside the clip range both terms agree
+    assert value_loss(torch.tensor([[0.1]]), torch.zeros(1, 1), torch.zeros(1, 1), mask, 0.2).item() == pytest.approx(0.005)
+
+
+def test_kl_estimators_by_hand():
+    p_logits = torch.log(torch.tensor([[[0.25, 0.75], [0.25, 0.75]]]))
+    q_logits = torch.log(torch.tensor([[[0.5, 0.5], [0.5, 0.5]]]))
+    exact = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert kl_exact(p_logits, q_logits, torch.ones(1, 2)).item() == pytest.approx(exact, rel=1e-5)
+    assert kl_exact(p_logits, p_logits, torch.ones(1, 2)).item() == pytest.approx(0.0, abs=1e-7)
+    logp = torch.log(torch.tensor([[0.75, 0.25, 0.9]]))
+    ref = torch.log(torch.tensor([[0.5, 0.5, 0.1]]))
+    # the third token is padding: not counted
+    assert kl_sampled(logp, ref, torch.tensor([[1.0, 1.0, 0.0]])).item() == pytest.approx(math.log(0.75))
+
+
+def test_adaptive_kl_controller():
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    ctl.update(12.0, n_steps=100)  # error clipped to +0.2
+    assert ctl.value == pytest.approx(0.2 * (1 + 0.2 * 100 / 10000))
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    ctl.update(3.0, n_steps=100)  # error -0.5 clipped to -0.2
+    assert ctl.value == pytest.approx(0.2 * (1 - 0.2 * 100 / 10000))
