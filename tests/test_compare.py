@@ -62,7 +62,7 @@ def test_memory(tables):
     assert (s.trainable_params > 0).all()
 
 
-def test_findings_are_computed_from_the_table(tables):
+def test_findings_are_computed_from_the_table(tables, tiny_outputs):
     metrics, summary = tables
     table = findings(metrics, summary)
     kl0 = table[table.finding == "adapter+disabled: KL to its reference at step 0"].iloc[0]
@@ -70,6 +70,13 @@ def test_findings_are_computed_from_the_table(tables):
     assert f"{metrics[(metrics.arm == 'adapter+disabled') & (metrics.step == 0)].kl_ref_exact.iloc[0]:.4g}" in kl0.measured
     assert table[table.finding.str.startswith("merged+disabled vs merged+copy")].as_expected.all()
     # change the numbers and the findings change with them
+    samples = pd.read_csv(stage_dir(tiny_outputs, "tiny", "04_comparison") / "samples.csv")
+    assert set(samples.when) == {"before", "after"} and set(samples.arm) == set(ARMS)
+    with_samples = findings(metrics, summary, samples)
+    gains = with_samples[with_samples.finding.str.contains("held-out reward before")]
+    assert len(gains) == len(ARMS)
+    mean = samples[(samples.arm == "stacked") & (samples.when == "after")].reward.mean()
+    assert f"{mean:.3f}" in gains[gains.finding.str.startswith("stacked")].measured.iloc[0]
     tampered = metrics.copy()
     tampered.loc[(tampered.arm == "merged+copy") & (tampered.step == 0), "kl_ref_exact"] = 0.5
     flipped = findings(tampered, summary)
@@ -87,6 +94,14 @@ def test_resume_skips_finished_arms(tiny_outputs, tiny, capsys):
     assert "merged+disabled: results exist, skipped" in capsys.readouterr().out
     assert ((folder / "metrics.csv").read_text(), (folder / "metrics.csv").stat().st_mtime_ns) == before
     assert list(summary.arm) == ["merged+disabled", "stacked"] and len(metrics) == 2 * tiny.comparison_steps
+
+
+def test_missing_inputs_name_the_notebook_to_run_first(tiny, tmp_path):
+    from helpers.artifacts import MissingArtifactError
+
+    with pytest.raises(MissingArtifactError, match="01_sft_lora.ipynb"):
+        run_comparison(tiny, tmp_path, None, [], vader_reward(), config_from_profile(tiny))
+    assert not list(tmp_path.rglob("*.csv"))
 
 
 def test_unknown_arm_lists_the_valid_ones(tiny_outputs, tiny):

@@ -65,8 +65,7 @@ def test_executed_notebooks_and_no_leftovers(tiny_outputs):
 
 
 @pytest.mark.parametrize("notebook, missing", [("02_merge_adapter", "01_sft_lora.ipynb"),
-                                               ("03_ppo_lora", "02_merge_adapter.ipynb"),
-                                               ("04_reference_model_comparison", "02_merge_adapter.ipynb")])
+                                               ("03_ppo_lora", "02_merge_adapter.ipynb")])
 def test_running_out_of_order_names_the_notebook_to_run_first(notebook, missing, tmp_path):
     from papermill.exceptions import PapermillExecutionError
 

@@ -134,7 +134,7 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
                    eval_queries=None, arms: list[str] | None = None, force: bool = False,
                    quantize: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run PPO once per arm with identical settings; write metrics.csv, summary.csv (and, given
-    `eval_queries`, samples.csv: each arm's final responses) after each arm.
+    `eval_queries`, samples.csv: each arm's responses to them before and after training) after each arm.
 
     An arm already in metrics and summary is skipped unless `force`, so an interrupted run resumes where
     it stopped. Returns (metrics: one row per arm and step, summary: one row per arm).
@@ -163,11 +163,15 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
             print(f"{name}: results exist, skipped (force=True to re-run)")
             continue
         sticks = sticks or yardsticks(profile, merged_dir)
+        cuda_baseline = 0  # the yardsticks already on the GPU: not the arm's memory
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+            cuda_baseline = torch.cuda.memory_allocated()
         start = time.perf_counter()
         arm = build_arm(name, profile, sft_adapter, merged_dir, quantize=quantize, seed=config.seed)
+        if eval_queries is not None:
+            before = sample_and_score(arm.policy, tokenizer, eval_queries, reward_fn, config.response_len, config.seed)
         rows = train(arm.policy, arm.value_head, arm.reference, tokenizer, queries, reward_fn, config,
                      yardsticks=sticks, progress=progress)
         rows.insert(0, "arm", name)
@@ -176,15 +180,16 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
             "backbones": ARMS[name].backbones,
             "model_bytes": model_bytes(*arm.holds),
             "trainable_params": sum(p.numel() for p in trainable_parameters(arm.policy, arm.value_head)),
-            "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
+            "peak_cuda_bytes": torch.cuda.max_memory_allocated() - cuda_baseline if torch.cuda.is_available() else 0,
             "step_time_s": rows["step_time_s"].mean(),
             "total_time_s": time.perf_counter() - start,
         }
         metrics = _replace_arm(metrics, name, rows)
         summary = _replace_arm(summary, name, pd.DataFrame([arm_summary]))
         if eval_queries is not None:
-            final = sample_and_score(arm.policy, tokenizer, eval_queries, reward_fn, config.response_len, config.seed)
-            samples = _replace_arm(samples, name, final.assign(arm=name))
+            after = sample_and_score(arm.policy, tokenizer, eval_queries, reward_fn, config.response_len, config.seed)
+            both = pd.concat([before.assign(when="before"), after.assign(when="after")], ignore_index=True)
+            samples = _replace_arm(samples, name, both.assign(arm=name))
             write_csv(samples_file, samples)
         write_csv(metrics_file, metrics)
         write_csv(summary_file, summary)
@@ -196,9 +201,12 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
     return metrics.reset_index(drop=True), summary.reset_index(drop=True)
 
 
-def findings(metrics: pd.DataFrame, summary: pd.DataFrame, atol: float = 1e-4) -> pd.DataFrame:
+def findings(metrics: pd.DataFrame, summary: pd.DataFrame, samples: pd.DataFrame | None = None,
+             atol: float = 1e-4) -> pd.DataFrame:
     """The notebook's conclusions, computed from the run: one row per finding with the measured value,
-    what the discussion expected, and whether the run agrees."""
+    what the discussion expected, and whether the run agrees. Reward gains are measured on `samples`
+    (the same held-out prompts and seed before and after training), not on the training batches, whose
+    prompts change every step."""
     rows = []
 
     def add(finding, measured, expected, agrees):
@@ -226,9 +234,13 @@ def findings(metrics: pd.DataFrame, summary: pd.DataFrame, atol: float = 1e-4) -
         if two in by_arm.index and one in by_arm.index:
             ratio = by_arm.loc[two, "model_bytes"] / by_arm.loc[one, "model_bytes"]
             add(f"memory of {two} / {one}", f"{ratio:.2f}×", "≈ 2× (a second backbone)", 1.8 <= ratio <= 2.2)
-    for arm in arms:
-        gain = last.loc[arm, "reward_mean"] - first.loc[arm, "reward_mean"]
-        add(f"{arm}: reward gained by the last step", f"{gain:+.3f}", "> 0 (PPO improves the reward)", gain > 0)
+    held_out = None
+    if samples is not None and len(samples):
+        held_out = samples.pivot_table(index="arm", columns="when", values="reward", aggfunc="mean")
+        for arm in arms:
+            before, after = held_out.loc[arm, "before"], held_out.loc[arm, "after"]
+            add(f"{arm}: held-out reward before → after PPO", f"{before:.3f} → {after:.3f} ({after - before:+.3f})",
+                "> 0 gained (PPO improves the reward)", after > before)
     if {"adapter+disabled", "merged+disabled"} <= set(arms):
         pit, ok = last.loc["adapter+disabled", "kl_sft_exact"], last.loc["merged+disabled", "kl_sft_exact"]
         add("drift from the SFT model at the last step: adapter+disabled vs merged+disabled",
@@ -240,10 +252,9 @@ def findings(metrics: pd.DataFrame, summary: pd.DataFrame, atol: float = 1e-4) -
     for arm in arms:
         add(f"{arm}: KL to the SFT model at the last step", f"{last.loc[arm, 'kl_sft_exact']:.4g} nats/token",
             "small where the reference is the SFT model", None)
-    if {"base+disabled", "merged+disabled"} <= set(arms):
-        sft_first = last.loc["merged+disabled", "reward_mean"]
-        from_base = last.loc["base+disabled", "reward_mean"]
-        add("final reward: SFT first (merged+disabled) vs RL from the base (base+disabled)",
+    if held_out is not None and {"base+disabled", "merged+disabled"} <= set(arms):
+        sft_first, from_base = held_out.loc["merged+disabled", "after"], held_out.loc["base+disabled", "after"]
+        add("held-out reward after PPO: SFT first (merged+disabled) vs RL from the base (base+disabled)",
             f"{sft_first:.3f} vs {from_base:.3f}", "SFT first ends higher (it starts in the domain)",
             sft_first > from_base)
     return pd.DataFrame(rows)

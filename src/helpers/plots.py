@@ -5,16 +5,18 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-# one fixed colour per arm, the same in every figure
-ARM_COLORS = {
-    "merged+disabled": "#1f77b4",
-    "merged+copy": "#aec7e8",
-    "adapter+disabled": "#d62728",
-    "adapter+copy": "#ff9896",
-    "adapter+ref-adapter": "#2ca02c",
-    "stacked": "#9467bd",
-    "base+disabled": "#7f7f7f",
+# one fixed style per arm, the same in every figure. Arms whose curves coincide (a copy and its
+# one-backbone twin; stacked and merged+disabled) get a wide line under a narrow one, so both stay visible.
+ARM_STYLES = {
+    "merged+disabled": dict(color="#1f77b4", linestyle="-", linewidth=5, marker="o", alpha=0.6),
+    "merged+copy": dict(color="#0b2f55", linestyle="--", linewidth=1.5, marker=None, alpha=1.0),
+    "adapter+disabled": dict(color="#d62728", linestyle="-", linewidth=5, marker="o", alpha=0.6),
+    "adapter+copy": dict(color="#5c0a0b", linestyle="--", linewidth=1.5, marker=None, alpha=1.0),
+    "adapter+ref-adapter": dict(color="#2ca02c", linestyle=":", linewidth=2.5, marker="^", alpha=1.0),
+    "stacked": dict(color="#9467bd", linestyle="-.", linewidth=1.5, marker="x", alpha=1.0),
+    "base+disabled": dict(color="#7f7f7f", linestyle="-", linewidth=2.5, marker="s", alpha=0.9),
 }
+ARM_COLORS = {arm: style["color"] for arm, style in ARM_STYLES.items()}
 
 
 def sft_loss(losses: list[float]):
@@ -51,10 +53,9 @@ def comparison_curves(metrics: pd.DataFrame):
               ("kl_sft_exact", "KL to the SFT model (yardstick)")]
     for ax, (column, title) in zip(axes, panels):
         for arm, rows in metrics.groupby("arm", sort=False):
-            dashed = arm.endswith("copy")  # copies overlap their one-backbone twins: draw them dashed
-            ax.plot(rows["step"], rows[column], label=arm, color=ARM_COLORS.get(arm), marker="o", markersize=3,
-                    linestyle="--" if dashed else "-", linewidth=2.5 if not dashed else 1.5)
+            ax.plot(rows["step"], rows[column], label=arm, markersize=5, **ARM_STYLES.get(arm, {}))
         ax.set(xlabel="PPO step", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[1].set_ylabel("exact KL per token (nats)")
     axes[2].set_ylabel("exact KL per token (nats)")
     axes[0].set_ylabel("reward")
