@@ -170,8 +170,11 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
             cuda_baseline = torch.cuda.memory_allocated()
         start = time.perf_counter()
         arm = build_arm(name, profile, sft_adapter, merged_dir, quantize=quantize, seed=config.seed)
+        def held_out_samples():  # the same prompts and seed before and after training
+            return sample_and_score(arm.policy, tokenizer, eval_queries, reward_fn, config.response_len, config.seed)
+
         if eval_queries is not None:
-            before = sample_and_score(arm.policy, tokenizer, eval_queries, reward_fn, config.response_len, config.seed)
+            before = held_out_samples()
         rows = train(arm.policy, arm.value_head, arm.reference, tokenizer, queries, reward_fn, config,
                      yardsticks=sticks, progress=progress)
         rows.insert(0, "arm", name)
@@ -187,8 +190,8 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, reward
         metrics = _replace_arm(metrics, name, rows)
         summary = _replace_arm(summary, name, pd.DataFrame([arm_summary]))
         if eval_queries is not None:
-            after = sample_and_score(arm.policy, tokenizer, eval_queries, reward_fn, config.response_len, config.seed)
-            both = pd.concat([before.assign(when="before"), after.assign(when="after")], ignore_index=True)
+            both = pd.concat([before.assign(when="before"), held_out_samples().assign(when="after")],
+                             ignore_index=True)
             samples = _replace_arm(samples, name, both.assign(arm=name))
             write_csv(samples_file, samples)
         write_csv(metrics_file, metrics)

@@ -84,14 +84,13 @@ def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_te
         )
     model = load_adapter(base_model, adapter_dir, profile)
     model.eval()
-    prompts = [" ".join(t.split()[:6]) for t in check_texts[:4]]
+    prompts = tokenizer([" ".join(t.split()[:6]) for t in check_texts[:4]], return_tensors="pt",
+                        padding=True).to(model.device)
     before = logits_on(model, tokenizer, check_texts, profile.sft_seq_len)
-    greedy_before = model.generate(**tokenizer(prompts, return_tensors="pt", padding=True).to(model.device),
-                                   max_new_tokens=16, do_sample=False)
-    merged = model.merge_and_unload()
+    greedy_before = model.generate(**prompts, max_new_tokens=16, do_sample=False)
+    merged = model.merge_and_unload()  # in place: the same device
     after = logits_on(merged, tokenizer, check_texts, profile.sft_seq_len)
-    greedy_after = merged.generate(**tokenizer(prompts, return_tensors="pt", padding=True).to(merged.device),
-                                   max_new_tokens=16, do_sample=False)
+    greedy_after = merged.generate(**prompts, max_new_tokens=16, do_sample=False)
     lora_left = [n for n, m in merged.named_modules() if isinstance(m, BaseTunerLayer)]
     diff = (before - after).abs().max().item()
     tolerance = merge_tolerance(dtype)
