@@ -2,6 +2,7 @@
 run wrote (seeds, pairing, controls, memory), resume by fingerprint, and an 8-bit profile."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -261,7 +262,7 @@ def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectu
     from helpers.models import load_model, lora_config
     from helpers.sft import save_adapter
 
-    profile = tiny.with_overrides(model=str(tiny_architectures["gpt_neox"]), load_in_8bit=True, lora_targets="query_key_value")
+    profile = replace(tiny, model=str(tiny_architectures["gpt_neox"]), load_in_8bit=True, lora_targets=None)
     tokenizer = load_tokenizer(profile)
     base = load_model(profile)
     config = lora_config(profile, base)

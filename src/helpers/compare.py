@@ -477,6 +477,7 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, eval_q
                     write_csv(tmp / f"{key}.csv", result[key])
                 write_json(tmp / "summary.json", result["summary"])
                 write_json(tmp / "fingerprint.json", fingerprint)
+            print(f"   done in {result['summary']['total_time_s']:.0f} s", flush=True)
         for key in ("metrics", "evaluation", "samples"):
             tables[key].append(pd.read_csv(run_dir / f"{key}.csv").assign(study=study, arm=name, seed=seed))
         tables["runs"].append(pd.DataFrame([{**read_json(run_dir / "summary.json"), "study": study}]))
