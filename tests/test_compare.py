@@ -131,7 +131,7 @@ def test_seeds_differ_within_an_arm_and_pair_across_arms(tables):
     held = samples[(samples.study == "main") & (samples.step == 0)]
     # the held-out prompts are the same for every arm and seed; the samples are paired by seed
     assert held.groupby(["arm", "seed"]).query.apply(tuple).nunique() == 1
-    responses = held.set_index(["arm", "seed", "prompt"]).response
+    responses = held.set_index(["arm", "seed", "prompt"]).sort_index().response
     assert responses.loc["merged+copy", 0].equals(responses.loc["merged+disabled", 0])
     assert not responses.loc["merged+disabled", 0].equals(responses.loc["merged+disabled", 1])
 
