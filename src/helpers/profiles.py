@@ -40,7 +40,9 @@ class Profile:
     ppo_lr: float = 1.41e-5
     response_len: tuple[int, int] = (4, 16)  # inclusive range a response length is drawn from
     comparison_steps: int = 12  # PPO steps per arm in notebook 04
-    eval_prompts: int = 32  # held-out prompts scored before and after PPO
+    eval_prompts: int = 32  # fixed held-out prompts of the evaluation during PPO (helpers.evaluation)
+    eval_every: int = 5  # evaluate before the first update and after every eval_every updates
+    eval_samples: int = 1  # responses per prompt at each evaluation (their mean is the prompt's reward)
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -73,6 +75,7 @@ PROFILES: dict[str, Profile] = {
             response_len=(4, 8),
             comparison_steps=3,
             eval_prompts=8,
+            eval_every=3,
         ),
         Profile(
             name="smol",
