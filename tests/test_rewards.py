@@ -76,11 +76,11 @@ def test_stale_cache_is_rebuilt_and_a_current_one_reused(fitted, tiny, tmp_path,
     assert fits == [] and scores.dtype == torch.float32
     assert torch.allclose(scores, torch.tensor(model.scores(PHRASES), dtype=torch.float32))
     meta = json.loads((folder / "meta.json").read_text())
-    for key, stale in [("C", 99.0), ("data", "0" * 64), ("format", 0)]:
+    for key, stale in [("C", 99.0), ("data", "0" * 64), ("format", 0), ("sklearn", "0.1")]:
         (folder / "meta.json").write_text(json.dumps({**meta, key: stale}))
         rewards.tfidf_model(tiny)
         assert json.loads((folder / "meta.json").read_text())[key] == meta[key]  # rebuilt and rewritten
-    assert len(fits) == 3
+    assert len(fits) == 4
 
 
 def test_reward_registry(tiny):

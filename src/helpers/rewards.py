@@ -185,16 +185,20 @@ def fit_tfidf(texts: list[str], labels, kept_out: int = TFIDF_KEPT_OUT):
     terms = [""] * len(vectorizer.vocabulary_)
     for term, column in vectorizer.vocabulary_.items():
         terms[column] = term
-    meta = dict(format=TFIDF_FORMAT, settings=_jsonable(TFIDF_SETTINGS), C=TFIDF_C, data=fingerprint(texts, labels),
-                fitted_reviews=len(fit_x), kept_out_reviews=kept_out)
+    meta = dict(_cache_key(fingerprint(texts, labels)), fitted_reviews=len(fit_x), kept_out_reviews=kept_out)
     model = TfidfRewardModel(terms, vectorizer.idf_.astype(np.float64), classifier.coef_[0].astype(np.float64),
                              float(classifier.intercept_[0]), meta)
     model.meta["kept_out_accuracy"] = model.accuracy(list(texts[-kept_out:]), labels[-kept_out:])
     return model, pipeline
 
 
-def _jsonable(settings: dict) -> dict:
-    return json.loads(json.dumps(settings))  # tuples become lists, as they read back from meta.json
+def _cache_key(data_fingerprint: str) -> dict:
+    """What a cached model must match to be reused. sklearn's version is part of it: the vocabulary is only
+    valid with the tokenizer that built it."""
+    import sklearn
+
+    settings = json.loads(json.dumps(TFIDF_SETTINGS))  # tuples become lists, as they read back from meta.json
+    return dict(format=TFIDF_FORMAT, settings=settings, C=TFIDF_C, sklearn=sklearn.__version__, data=data_fingerprint)
 
 
 def tfidf_model(profile: Profile, folder: str | Path | None = None) -> TfidfRewardModel:
@@ -211,8 +215,7 @@ def tfidf_model(profile: Profile, folder: str | Path | None = None) -> TfidfRewa
     folder = Path(folder or cache_dir() / "imdb-reward-tfidf" / data[:16])
     if (folder / "meta.json").exists():
         model = TfidfRewardModel.load(folder)
-        wanted = dict(format=TFIDF_FORMAT, settings=_jsonable(TFIDF_SETTINGS), C=TFIDF_C, data=data)
-        if all(model.meta.get(k) == v for k, v in wanted.items()):
+        if all(model.meta.get(k) == v for k, v in _cache_key(data).items()):
             return model
         print(f"The reward model cached in {folder} was fitted with other settings or data; rebuilding it.")
     print(f"Fitting the TF-IDF reward model on {len(texts) - TFIDF_KEPT_OUT} labelled reviews (once, about 20 s)...")
