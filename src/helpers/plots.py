@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import LogFormatter
 
 # one fixed style per arm, the same in every figure. Arms whose curves coincide (a copy and its
 # one-backbone twin; stacked and merged+disabled) get a wide line under a narrow one, so both stay visible.
@@ -19,10 +20,17 @@ ARM_STYLES = {
 ARM_COLORS = {arm: style["color"] for arm, style in ARM_STYLES.items()}
 
 
-def sft_loss(losses: list[float]):
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(losses) + 1), losses, marker="o")
-    ax.set(xlabel="logging step", ylabel="training loss", title="SFT: causal-LM loss on IMDB reviews")
+def sft_perplexity(curve: pd.DataFrame, base_ppl: float):
+    """Held-out perplexity of base + adapter during SFT (`helpers.sft.train_sft`'s curve), against the base's."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.axhline(base_ppl, color="#7f7f7f", linestyle="--", label=f"base model: {base_ppl:.1f}")
+    ax.plot(curve["step"], curve["perplexity"], marker="o", color="#1f77b4", label="base + SFT adapter")
+    # log scale: perplexity is exp(loss), so equal heights are equal changes in loss (early spikes stay on the plot)
+    ax.set(xlabel="optimizer step", ylabel="held-out perplexity (log scale)", title="SFT on IMDB reviews", yscale="log")
+    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_formatter(LogFormatter())  # plain numbers (60, not 6×10¹)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend()
     fig.tight_layout()
     return fig
 

