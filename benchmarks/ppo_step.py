@@ -1,13 +1,15 @@
 """How close is one PPO step to its floor?
 
-The floor is the work a step cannot avoid, each part timed alone on the same batch: generation + one
-reference forward + ppo_epochs x (forward/backward over the minibatches). The ratio step / floor shows
-what the loop adds on top (the rollout's own forward, scoring, GAE, bookkeeping). Target: <= 1.3.
+The floor is the work a step cannot avoid, each part timed alone on the same batch with the same
+response-only computation the loop uses (LM head on the response positions): generation + one reference
+forward + ppo_epochs x (forward/backward over the minibatches). The ratio step / floor shows what the
+loop adds on top (the rollout's own forward, scoring, GAE, bookkeeping). Target: <= 1.2. Rollouts per
+second (batch / median step time) is the throughput a learner waits on.
 
     .venv/bin/python benchmarks/ppo_step.py --profile tiny --profile smol [--steps 4]
 
-Needs the merged model of notebook 02 for each profile (`make tutorial PROFILE=...`), else it uses the
-base model (the work per step is the same).
+Needs the merged model of notebook 02 for each profile (`make tutorial PROFILE=...`). Run nothing else
+beside it: two torch processes on two cores slow each other down several times over.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import torch
 
 import helpers  # noqa: F401
 from helpers import get_profile
-from helpers.artifacts import output_dir, stage_dir
+from helpers.artifacts import output_dir, require, stage_dir
 from helpers.data import load_imdb, ppo_queries
 from helpers.models import load_model, load_tokenizer, new_lora
-from helpers.ppo import (ValueHead, config_from_profile, gather_logprobs, policy_forward, rollout,
+from helpers.ppo import (ValueHead, config_from_profile, gather_logprobs, log_softmax, policy_forward, rollout,
                          trainable_parameters, train)
 from helpers.reference import DisabledAdapters
 from helpers.rewards import load_reward
@@ -43,11 +45,11 @@ def timed(fn, repeats: int) -> float:
 
 def bench(profile_name: str, steps: int, repeats: int) -> dict:
     profile = get_profile(profile_name)
-    merged_dir = stage_dir(output_dir(), profile.name, "02_merge") / "model"
-    model = load_model(profile, merged_dir if merged_dir.exists() else None)
-    tokenizer = load_tokenizer(merged_dir if merged_dir.exists() else profile)
+    merged_dir = require(stage_dir(output_dir(), profile.name, "02_merge") / "model", "02_merge", profile.name)
+    model = load_model(profile, merged_dir, quantize="8bit" if profile.load_in_8bit else None)
+    tokenizer = load_tokenizer(merged_dir)
     policy = new_lora(model, profile)
-    value_head = ValueHead(model.config.hidden_size)
+    value_head = ValueHead(model.config.hidden_size).to(policy.device)
     reference = DisabledAdapters(policy)
     config = config_from_profile(profile, steps=steps + 1)
     queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=config.steps * config.batch_size, seed=0)
@@ -65,21 +67,22 @@ def bench(profile_name: str, steps: int, repeats: int) -> dict:
     torch.manual_seed(0)
     ro = rollout(policy, tokenizer, batch, lengths)
     generation = timed(lambda: rollout(policy, tokenizer, batch, lengths), repeats)
-    ref_forward = timed(lambda: reference.logits(ro.input_ids, ro.attention_mask), repeats)
+    ref_forward = timed(lambda: reference.logits(*ro.rows(slice(None))), repeats)
     params = trainable_parameters(policy, value_head)
 
     def one_epoch():
         for i in range(0, config.batch_size, config.mini_batch_size):
-            ids, mask = ro.input_ids[i : i + config.mini_batch_size], ro.attention_mask[i : i + config.mini_batch_size]
-            logits, values = policy_forward(policy, value_head, ids, mask)
-            logprobs = gather_logprobs(ro.response_logits(logits), ro.response_tokens[i : i + config.mini_batch_size])
-            (logprobs.sum() + ro.response_logits(values).sum()).backward()
+            mb = slice(i, i + config.mini_batch_size)
+            logits, values = policy_forward(policy, value_head, *ro.rows(mb))
+            logprobs = gather_logprobs(log_softmax(logits), ro.response_tokens[mb])
+            (logprobs.sum() + values.sum()).backward()
             for p in params:
                 p.grad = None
 
     fwd_bwd = config.ppo_epochs * timed(one_epoch, repeats)
     floor = generation + ref_forward + fwd_bwd
-    return {"profile": profile.name, "batch": config.batch_size, "step_s": step, **phases,
+    return {"profile": profile.name, "batch": config.batch_size, "mini_batch": config.mini_batch_size,
+            "ppo_epochs": config.ppo_epochs, "step_s": step, "rollouts_per_s": config.batch_size / step, **phases,
             "floor_generation_s": generation, "floor_ref_forward_s": ref_forward,
             "floor_epochs_fwd_bwd_s": fwd_bwd, "floor_s": floor, "ratio": step / floor}
 
@@ -93,8 +96,12 @@ def main():
     import pandas as pd
 
     rows = [bench(name, args.steps, args.repeats) for name in args.profile or ["tiny", "smol"]]
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if platform.system() == "Linux" else platform.processor()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU ' + cpu}")
     print(pd.DataFrame(rows).set_index("profile").T.round(3).to_string())
 
 

@@ -43,17 +43,23 @@ def test_03_ppo_artifacts(tiny_outputs, tiny):
     assert abs(metrics.kl_ref_exact[0]) < 1e-5 and metrics.kl_ref_exact.iloc[1:].gt(0).all()
     assert {"adapter_config.json", "adapter_model.safetensors", "value_head.safetensors"} <= {
         f.name for f in (stage / "adapter").iterdir()}
-    evaluation = json.loads((stage / "evaluation.json").read_text())
+    evaluation = pd.read_csv(stage / "evaluation.csv")
+    due = sorted({0, tiny.ppo_steps, *range(tiny.eval_every, tiny.ppo_steps + 1, tiny.eval_every)})
+    assert list(evaluation.step) == due
+    assert abs(evaluation.kl_ref_exact[0]) < 1e-5 and evaluation.reward_se.gt(0).all()
     samples = pd.read_csv(stage / "samples.csv")
-    assert len(samples) == tiny.eval_prompts == evaluation["prompts"]
-    assert evaluation["reward_ppo"] == pytest.approx(samples["PPO reward"].mean())
+    assert len(samples) == len(due) * tiny.eval_prompts * tiny.eval_samples
+    summary = json.loads((stage / "evaluation.json").read_text())
+    assert summary["prompts"] == tiny.eval_prompts
+    final = samples[samples.step == tiny.ppo_steps].groupby("prompt").reward.mean().mean()
+    assert summary["after"] == pytest.approx(final) == pytest.approx(evaluation.reward_mean.iloc[-1])
 
 
 def test_figures_are_pngs(tiny_outputs):
     figures = [*(tiny_outputs / "tiny" / "figures").glob("*.png"),
                *(stage_dir(tiny_outputs, "tiny", "04_comparison") / "figures").glob("*.png")]
-    assert {f.name for f in figures} == {"01_sft_loss.png", "03_ppo_curves.png", "comparison.png", "memory_time.png",
-                                       "penalty_alone.png", "frontier.png"}
+    assert {f.name for f in figures} == {"01_sft_perplexity.png", "03_ppo_curves.png", "comparison.png",
+                                       "memory_time.png", "penalty_alone.png", "frontier.png"}
     for f in figures:
         assert f.read_bytes()[:8] == PNG and f.stat().st_size > 5000
 

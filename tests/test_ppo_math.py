@@ -5,9 +5,11 @@ import torch
 
 from helpers.ppo import (
     AdaptiveKLController,
+    entropy,
     gae,
     kl_exact,
     kl_sampled,
+    per_token_rewards,
     policy_loss,
     value_loss,
     whiten,
@@ -34,10 +36,29 @@ def test_gae_with_discount():
     assert adv.tolist()[0] == pytest.approx([1.5, 1.0])
 
 
-def test_whiten_uses_only_masked_entries():
+def test_whiten_is_trl_masked_whiten_with_the_unbiased_variance():
+    """TRL 0.11's masked_whiten: (x - mean) * rsqrt(var + 1e-8), var with Bessel's n / (n - 1) over the
+    unmasked entries; shift_mean=False adds the mean back."""
     x, mask = torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
-    s = math.sqrt(1.5)  # 1 / sqrt(2/3)
-    assert whiten(x, mask).tolist() == pytest.approx([-s, 0.0, s, 0.0], abs=1e-6)
+    # mean 2; unbiased variance (1 + 0 + 1) / (3 - 1) = 1 (the population variance would be 2/3)
+    assert whiten(x, mask).tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
+    assert whiten(x, mask, shift_mean=False).tolist() == pytest.approx([1.0, 2.0, 3.0, 0.0], abs=1e-6)
+    x, mask = torch.tensor([[1.0, 3.0, 0.0], [5.0, 7.0, 9.0]]), torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    # mean 4; squares 9, 1, 1, 9 -> unbiased variance 20 / 3
+    expected = [(v - 4) / math.sqrt(20 / 3 + 1e-8) for v in (1.0, 3.0, 5.0, 7.0)]
+    out = whiten(x, mask)
+    assert out[mask.bool()].tolist() == pytest.approx(expected, abs=1e-6) and out[~mask.bool()].abs().max() == 0
+    with pytest.raises(ValueError, match="two"):
+        whiten(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]))
+
+
+def test_per_token_rewards_by_hand():
+    logp, ref = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]]), torch.tensor([[-1.5, -1.0, -3.0], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards = per_token_rewards(torch.tensor([10.0, 20.0]), logp, ref, mask, kl_coef=0.1)
+    # -0.1 * (logp - ref) everywhere; the score on the last unmasked token; padding 0
+    assert rewards.tolist()[0] == pytest.approx([-0.05, 0.1, 10.0])
+    assert rewards.tolist()[1] == pytest.approx([-0.1, 20.0, 0.0])
 
 
 def test_clipped_policy_loss_by_hand():
@@ -75,6 +96,13 @@ def test_kl_estimators_by_hand():
     ref = torch.log(torch.tensor([[0.5, 0.5, 0.1]]))
     # the third token is padding: not counted
     assert kl_sampled(logp, ref, torch.tensor([[1.0, 1.0, 0.0]])).item() == pytest.approx(math.log(0.75))
+
+
+def test_entropy_by_hand():
+    logp = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75]], [[1.0, 1e-30], [0.5, 0.5]]]))
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # the second row is padding
+    expected = (math.log(2) - 0.25 * math.log(0.25) - 0.75 * math.log(0.75)) / 2
+    assert entropy(logp, mask).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_adaptive_kl_controller():

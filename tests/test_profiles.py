@@ -36,3 +36,11 @@ def test_20b_without_cuda_fails_before_any_download(monkeypatch):
 def test_overrides_keep_the_rest(tiny):
     local = tiny.with_overrides(model="/some/path", sft_steps=None)
     assert local.model == "/some/path" and local.sft_steps == tiny.sft_steps and local.name == "tiny"
+
+
+def test_every_profile_names_a_known_reward():
+    from helpers.rewards import REWARDS
+
+    assert get_profile("tiny").reward == get_profile("smol").reward == "imdb-tfidf"  # offline: the learned reward
+    for profile in PROFILES.values():
+        assert profile.reward in REWARDS, f"{profile.name}: {profile.reward!r}"

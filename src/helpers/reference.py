@@ -2,9 +2,12 @@
 
 PPO penalises KL(policy || reference) per token. Which network is the reference is the whole question
 of this tutorial, and this module is the single place it is decided: the PPO loop only ever calls
-`reference.logits(input_ids, attention_mask)`.
+`reference.logits(input_ids, attention_mask, query_len)`.
 
-Every strategy runs under `torch.no_grad()` and never changes a trainable parameter.
+Every strategy runs under `torch.no_grad()`, never changes a weight, and leaves every parameter's
+`requires_grad` as it found it: switching adapters on and off in peft flips those flags (on exit from
+`disable_adapter()`, peft 0.21 makes every *active* adapter trainable, a frozen one too), so the base
+class saves them before the pass and restores them after it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from peft import PeftModel
 
-from .models import position_ids
+from .models import response_forward
 
 
 class Reference:
@@ -22,10 +25,15 @@ class Reference:
     extra_backbones = 0  # backbones held only for the reference
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self.active():
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids(attention_mask)).logits
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_len: int) -> torch.Tensor:
+        """The reference's logits at the positions that predict the response tokens (columns query_len-1 ...)."""
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            with self.active():
+                return response_forward(self.model, input_ids, attention_mask, query_len)[0]
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
     @contextmanager
     def active(self):
@@ -84,12 +92,8 @@ class FrozenAdapter(Reference):
     def active(self):
         lora_model = self.model.base_model
         policy_adapters = list(lora_model.active_adapters)
-        # set_adapter also flips requires_grad; remember the flags so the policy trains exactly as before
-        flags = [(p, p.requires_grad) for n, p in self.model.named_parameters() if "lora_" in n]
-        lora_model.set_adapter(self.adapter_names, inference_mode=True)
+        lora_model.set_adapter(self.adapter_names, inference_mode=True)  # flips requires_grad: Reference.logits restores it
         try:
             yield
         finally:
             lora_model.set_adapter(policy_adapters)
-            for p, flag in flags:
-                p.requires_grad_(flag)

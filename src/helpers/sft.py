@@ -1,7 +1,8 @@
 """Step 1 of the recipe: supervised fine-tuning of a LoRA adapter on IMDB reviews, with TRL's SFTTrainer.
 
 The base stays frozen (8-bit for the 20B profile, as in the original example); only the adapter trains
-and only the adapter is saved.
+and only the adapter is saved. While it trains, a callback measures held-out perplexity every few optimizer
+steps: the curve notebook 01 plots (the training loss of one small batch is too noisy to read).
 """
 
 from __future__ import annotations
@@ -9,18 +10,52 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from .artifacts import atomic_dir, write_json
-from .models import lora_config
+from .models import lora_config, perplexity
 from .profiles import Profile
 
+EVAL_POINTS = 5  # perplexity measurements after step 0: cheap next to training, enough to see the trend
 
-def train_sft(profile: Profile, model, tokenizer, train_texts, steps: int | None = None, seed: int = 0):
-    """Train a new LoRA adapter on `train_texts` (causal LM loss); returns the PEFT model and the loss log."""
+
+class HeldoutPerplexity(TrainerCallback):
+    """Perplexity of fixed held-out texts at step 0 (the adapter is zero there: the base) and every
+    `every` optimizer steps. Dropout is off while measuring; the Trainer sets train mode again each step."""
+
+    def __init__(self, tokenizer, texts: list[str], seq_len: int, every: int):
+        self.tokenizer, self.texts, self.seq_len, self.every = tokenizer, list(texts), seq_len, every
+        self.curve: list[dict] = []
+
+    def measure(self, state, model):
+        self.curve.append({"step": state.global_step,
+                           "perplexity": perplexity(model, self.tokenizer, self.texts, self.seq_len)})
+        model.train()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.measure(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.measure(state, model)
+
+
+def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, steps: int | None = None,
+              seed: int = 0):
+    """Train a new LoRA adapter on `train_texts` (causal LM loss).
+
+    Returns the PEFT model, the logged training losses, and the held-out perplexity curve of `eval_texts`
+    (a DataFrame with `step` and `perplexity`; empty without `eval_texts`).
+    """
     from datasets import Dataset
 
     steps = steps or profile.sft_steps
+    callbacks = []
+    if eval_texts is not None and len(eval_texts):
+        callbacks.append(HeldoutPerplexity(tokenizer, eval_texts, profile.sft_seq_len,
+                                           every=max(1, -(-steps // EVAL_POINTS))))  # ceil: at most 5 + 1 points
     n_texts = min(len(train_texts), steps * profile.sft_batch_size)  # one epoch, no repeats
     dataset = Dataset.from_dict({"text": list(train_texts[:n_texts])})
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing is kept
@@ -49,10 +84,12 @@ def train_sft(profile: Profile, model, tokenizer, train_texts, steps: int | None
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(profile, model),
+            callbacks=callbacks,
         )
         trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    return trainer.model, losses
+    curve = pd.DataFrame(callbacks[0].curve if callbacks else [], columns=["step", "perplexity"])
+    return trainer.model, losses, curve
 
 
 def save_adapter(peft_model, destination: str | Path, metrics: dict | None = None) -> Path:
