@@ -52,6 +52,7 @@ class Profile:
     comparison_side_seeds: int = 1
     comparison_side_steps: int | None = None
     comparison_eval_every: int = 4  # held-out evaluation at step 0, every k steps and after the last
+    comparison_eval_prompts: int = 32  # held-out prompts (and perplexity texts) of each 04 evaluation
     penalty_steps: int = 6
 
     def with_overrides(self, **changes) -> "Profile":
@@ -88,6 +89,7 @@ PROFILES: dict[str, Profile] = {
             comparison_steps=2,
             comparison_seeds=2,
             comparison_eval_every=2,
+            comparison_eval_prompts=8,
             penalty_steps=2,
         ),
         Profile(
@@ -112,6 +114,7 @@ PROFILES: dict[str, Profile] = {
             comparison_seeds=3,
             comparison_side_steps=4,
             comparison_eval_every=4,
+            comparison_eval_prompts=16,  # 04 evaluates 21 runs: half of 03's prompts keeps it in budget
             penalty_steps=4,
         ),
         Profile(
