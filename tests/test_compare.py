@@ -95,7 +95,8 @@ def test_findings_on_a_synthetic_table():
 @pytest.fixture(scope="module")
 def tables(tiny_outputs):
     folder = stage_dir(tiny_outputs, "tiny", "04_comparison")
-    return {name: pd.read_csv(folder / f"{name}.csv") for name in ("metrics", "evaluation", "samples", "runs", "summary")}
+    names = ("metrics", "evaluation", "samples", "runs", "summary")
+    return {name: pd.read_csv(folder / f"{name}.csv") for name in names}
 
 
 @pytest.mark.slow
@@ -127,7 +128,8 @@ def test_seeds_differ_within_an_arm_and_pair_across_arms(tables):
     # across arms, seed k is the same prompts and sampling seed: arms whose step-0 policy is the same
     # network (the merged model; the frozen SFT adapter under a zero LoRA) see identical rollouts
     for arm in ("merged+copy", "stacked"):
-        assert first.loc[(arm, 0), "reward_mean"] == pytest.approx(first.loc[("merged+disabled", 0), "reward_mean"], abs=1e-6)
+        twin = first.loc[("merged+disabled", 0), "reward_mean"]
+        assert first.loc[(arm, 0), "reward_mean"] == pytest.approx(twin, abs=1e-6)
     held = samples[(samples.study == "main") & (samples.step == 0)]
     # the held-out prompts are the same for every arm and seed; the samples are paired by seed
     assert held.groupby(["arm", "seed"]).query.apply(tuple).nunique() == 1

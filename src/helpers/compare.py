@@ -477,7 +477,8 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     table = table[first + [c for c in table.columns if c not in first]]
     order = {a: i for i, a in enumerate(ARMS)}
     keys = ["study", "arm", "seed"] + (["step"] if "step" in table else [])
-    return table.sort_values(keys, key=lambda c: c.map(order) if c.name == "arm" else c, kind="stable").reset_index(drop=True)
+    table = table.sort_values(keys, key=lambda c: c.map(order) if c.name == "arm" else c, kind="stable")
+    return table.reset_index(drop=True)
 
 
 # --- verdicts from paired seeds --------------------------------------------------------------------------
@@ -595,7 +596,8 @@ MEASURES: dict[str, tuple[str, Callable[[Results, str], pd.Series]]] = {
     "reward_end": ("held-out reward at the end", lambda r, a: _eval_at(r, a, "reward_mean", "last")),
     "step_time": ("seconds per PPO step (median, warm-up excluded)",
                   lambda r, a: r.runs[r.runs["arm"] == a].set_index("seed")["step_time_median_s"]),
-    "model_bytes": ("MiB of weights held", lambda r, a: r.runs[r.runs["arm"] == a].set_index("seed")["model_bytes"] / 2**20),
+    "model_bytes": ("MiB of weights held",
+                    lambda r, a: r.runs[r.runs["arm"] == a].set_index("seed")["model_bytes"] / 2**20),
 }
 
 CLAIMS = [

@@ -99,7 +99,8 @@ def comparison_curves(results):
         (results.metrics, "kl_ref_exact", "KL to the arm's own reference (penalised)", "KL per token (nats)"),
         (results.metrics, "kl_sft_exact", "KL to the SFT model (yardstick)", "KL per token (nats)"),
         (results.metrics, "kl_base_exact", "KL to the base model (yardstick)", "KL per token (nats)"),
-        (results.metrics, "reward_mean", "training-batch reward (new prompts each step)", "reward (reward-model score)"),
+        (results.metrics, "reward_mean", "training-batch reward (new prompts each step)",
+         "reward (reward-model score)"),
     ]
     for ax, (table, column, title, ylabel) in zip(axes.flat, panels):
         if column in table:
@@ -137,7 +138,8 @@ def frontier(results):
         last = rows.iloc[-1]
         ax.annotate(f"step {int(last['step'])}", (last["mean_x"], last["mean_y"]), fontsize=7,
                     textcoords="offset points", xytext=(4, 4), color=style.get("color"))
-    ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)", ylabel="held-out reward (reward-model score)",
+    ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
+           ylabel="held-out reward (reward-model score)",
            title="Reward–KL frontier: each arm from step 0 (left) to its last evaluation")
     ax.legend(fontsize=8)
     fig.tight_layout()
