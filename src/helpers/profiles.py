@@ -110,11 +110,13 @@ PROFILES: dict[str, Profile] = {
             ppo_lr=5e-4,
             response_len=(4, 16),
             eval_prompts=32,
-            comparison_steps=8,
+            # 04 in about 13 min on 2 cores: 4 claim arms x 3 paired seeds x 6 steps, 3 side arms x 1 seed x 3
+            # steps, the penalty alone 2 arms x 3 seeds x 4 steps; 16 held-out prompts, evaluated every 3 steps
+            comparison_steps=6,
             comparison_seeds=3,
-            comparison_side_steps=4,
-            comparison_eval_every=4,
-            comparison_eval_prompts=16,  # 04 evaluates 21 runs: half of 03's prompts keeps it in budget
+            comparison_side_steps=3,
+            comparison_eval_every=3,
+            comparison_eval_prompts=16,
             penalty_steps=4,
         ),
         Profile(
