@@ -87,6 +87,8 @@ def test_findings_on_a_synthetic_table():
     assert noisy.loc["the pitfall: KL to the reference starts at KL(SFT‖base) > 0"].verdict == "inconclusive"
     # claims whose arms did not run are left out, not guessed
     assert not decided.index.str.contains("SFT first").any()
+    nothing = findings(Results(*(pd.DataFrame(columns=["study", "arm", "seed"]),) * 4))
+    assert nothing.empty and "verdict" in nothing.columns
 
 
 # --- the tiny run of notebook 04 ---------------------------------------------------------------------------

@@ -623,6 +623,8 @@ CLAIMS = [
           "step_time", ">0"),
 ]
 
+FINDING_COLUMNS = ["claim", "study", "arm", "control", "measure", "expected", "effect", "ci_low", "ci_high",
+                   "n_seeds", "verdict", "to_settle"]
 GROWS_WITH_STEPS = {"kl_base_change", "kl_sft_end", "perplexity_end", "reward_end"}
 
 
@@ -644,4 +646,4 @@ def findings(results: Results, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
         rows.append({"claim": c.claim, "study": c.study, "arm": c.arm, "control": c.control, "measure": unit,
                      "expected": c.expected,
                      **verdict(diffs.to_numpy(), c.expected, c.tolerance, c.measure in GROWS_WITH_STEPS, c.target)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
