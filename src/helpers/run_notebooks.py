@@ -3,11 +3,18 @@
     PROFILE=tiny OUTPUT_DIR=outputs python -m helpers.run_notebooks 01_sft_lora 02_merge_adapter
 
 Executed notebooks land in `<OUTPUT_DIR>/<PROFILE>/notebooks/`, with `timings.json` (seconds per notebook).
+
+A notebook that fails stops the run. The terminal then ends with a short report (notebook, cell, the
+exception's own message on one line) and the partly executed notebook is kept beside the others as
+`<name>.failed.ipynb`: open it to see the failing cell with its full traceback. A later successful run
+of that notebook removes the stale `.failed` copy.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,6 +23,36 @@ from .artifacts import atomic_file, read_json, write_json
 from .profiles import get_profile
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised in one of its cells; `report()` is what the terminal shows."""
+
+    def __init__(self, notebook: str, cell: int | None, first_line: str, error: str, kept: Path | None):
+        self.notebook, self.cell, self.first_line, self.error, self.kept = notebook, cell, first_line, error, kept
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        where = f"in cell [{self.cell}] `{self.first_line}`" if self.cell is not None else "before any cell ran"
+        kept = (f"   partly executed notebook, with the full traceback: {self.kept}\n" if self.kept else "")
+        return f"FAILED: {self.notebook} {where}\n{kept}   {self.error}"  # last line: the error itself
+
+
+def one_line(text: str) -> str:
+    return " ".join(ANSI.sub("", text).split())
+
+
+def _failure(source: Path, error: BaseException, kept: Path | None) -> NotebookFailed:
+    """The short report for `error`: papermill's own error knows the cell; anything else (a dead kernel,
+    a timeout) is reported with its type and message."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):
+        first = next((line for line in error.source.splitlines() if line.strip() and not line.startswith("#")), "")
+        return NotebookFailed(source.name, error.exec_count, first.strip()[:80],
+                              one_line(f"{error.ename}: {error.evalue}"), kept)
+    return NotebookFailed(source.name, None, "", one_line(f"{type(error).__name__}: {error}"), kept)
 
 
 def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **parameters) -> dict:
@@ -27,24 +64,47 @@ def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **pa
     executed.mkdir(parents=True, exist_ok=True)
     timings_file = executed / "timings.json"
     timings = read_json(timings_file) if timings_file.exists() else {}
+    sources = []
     for name in names:
         source = NOTEBOOK_DIR / f"{name.removesuffix('.ipynb')}.ipynb"
         if not source.exists():
             valid = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
             raise SystemExit(f"No notebook {source.name}; valid: {', '.join(valid)}")
+        sources.append(source)
+    for source in sources:
         print(f"== {source.name} (profile {profile.name}) ==", flush=True)
+        failed = executed / f"{source.stem}.failed.ipynb"
         start = time.perf_counter()
         with atomic_file(executed / source.name) as tmp:
-            papermill.execute_notebook(
-                str(source), str(tmp), parameters=dict(PROFILE=profile.name, OUTPUT_DIR=str(out), **parameters),
-                cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False, log_output=False,
-            )
+            try:
+                papermill.execute_notebook(
+                    str(source), str(tmp), parameters=dict(PROFILE=profile.name, OUTPUT_DIR=str(out), **parameters),
+                    cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False, log_output=False,
+                )
+            except Exception as error:
+                # papermill has written the partly executed notebook (with the traceback) to tmp
+                kept = None
+                if tmp.exists():
+                    shutil.copyfile(tmp, tmp.with_name(f".{failed.name}.tmp"))
+                    os.replace(tmp.with_name(f".{failed.name}.tmp"), failed)
+                    kept = failed
+                raise _failure(source, error, kept) from error
+        failed.unlink(missing_ok=True)  # a stale report of an earlier failure
         timings[source.stem] = round(time.perf_counter() - start, 1)
         write_json(timings_file, timings)
         print(f"   {timings[source.stem]} s -> {executed / source.name}", flush=True)
     return timings
 
 
+def main(argv: list[str]) -> int:
+    profile = os.environ.get("PROFILE") or os.environ.get("TUTORIAL_PROFILE") or "smol"
+    try:
+        run(argv, profile, os.environ.get("OUTPUT_DIR") or "outputs")
+    except NotebookFailed as failure:
+        print("\n" + failure.report(), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    run(sys.argv[1:], os.environ.get("PROFILE") or os.environ.get("TUTORIAL_PROFILE") or "smol",
-        os.environ.get("OUTPUT_DIR") or "outputs")
+    sys.exit(main(sys.argv[1:]))
