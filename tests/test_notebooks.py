@@ -65,6 +65,20 @@ def test_executed_notebooks_and_no_leftovers(tiny_outputs):
     assert not list(executed.glob("*.failed.ipynb"))  # the fixture planted a stale one; success removes it
 
 
+def test_executed_notebooks_carry_no_known_noise(tiny_outputs):
+    """Messages removed at their cause (ipywidgets installed, the 4-bit Hub-kernel notice, two deprecations
+    between libraries) must not come back into what a learner reads."""
+    import nbformat
+
+    noise = ["IProgress not found", "kernels-community", "is deprecated and will be removed in v6",
+             "without encryption"]
+    for path in (tiny_outputs / "tiny" / "notebooks").glob("*.ipynb"):
+        for cell in nbformat.read(path, as_version=4).cells:
+            for output in cell.get("outputs", []):
+                text = output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+                assert not [n for n in noise if n in text], (path.name, text[:300])
+
+
 @pytest.mark.parametrize("notebook, missing", [("02_merge_adapter", "01_sft_lora"),
                                                ("03_ppo_lora", "02_merge_adapter")])
 def test_running_out_of_order_names_the_notebook_to_run_first(notebook, missing, tmp_path):
@@ -77,6 +91,8 @@ def test_running_out_of_order_names_the_notebook_to_run_first(notebook, missing,
     assert result.returncode != 0, result.stdout[-2000:]
     assert "MissingArtifactError" in lines[-1] and f"notebooks/{missing}.ipynb" in lines[-1], lines[-4:]
     assert len(lines[-1]) < 400 and "Traceback" not in result.stdout  # short, not papermill's traceback
+    assert f"== [1/1] {notebook}.ipynb" in result.stdout and "   [1/" in result.stdout  # progress
+    assert "without encryption" not in result.stdout  # the kernel runs over IPC
     failed = tmp_path / "tiny" / "notebooks" / f"{notebook}.failed.ipynb"
     assert str(failed) in result.stdout
     assert "MissingArtifactError" in failed.read_text()  # the full traceback is in the kept notebook

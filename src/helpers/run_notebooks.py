@@ -4,6 +4,11 @@
 
 Executed notebooks land in `<OUTPUT_DIR>/<PROFILE>/notebooks/`, with `timings.json` (seconds per notebook).
 
+The terminal shows which notebook out of how many, each code cell as it starts (`[4/12]`, the number
+the executed notebook shows beside it), and the kernel's stderr as it comes, which carries the PPO bars
+and any library warning. The SFT bar of the Trainer is an HTML table in the notebook; the kernel mirrors
+it to the terminal as a text bar because this runner sets `TUTORIAL_TERMINAL_PROGRESS=1` (see helpers/__init__.py).
+
 A notebook that fails stops the run. The terminal then ends with a short report (notebook, cell, the
 exception's own message on one line) and the partly executed notebook is kept beside the others as
 `<name>.failed.ipynb`: open it to see the failing cell with its full traceback. A later successful run
@@ -55,6 +60,34 @@ def _failure(source: Path, error: BaseException, kept: Path | None) -> NotebookF
     return NotebookFailed(source.name, None, "", one_line(f"{type(error).__name__}: {error}"), kept)
 
 
+class CellProgress:
+    """nbclient hook: one line per code cell as it starts, numbered as the executed notebook numbers it."""
+
+    def __init__(self, notebook: Path):
+        self.done, self.total = 0, None
+        self.notebook = notebook.stem
+
+    def start(self, notebook):
+        self.nb = notebook
+
+    def __call__(self, cell, cell_index):
+        if cell.cell_type != "code":
+            return
+        if self.total is None:  # counted at the first cell: the notebook now includes papermill's injected cell
+            self.total = sum(c.cell_type == "code" for c in self.nb.cells)
+        self.done += 1
+        first = next((line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")), "")
+        print(f"   [{self.done}/{self.total}] {first.strip()[:90]}", flush=True)
+
+
+def _kernel_config():
+    """IPC sockets instead of TCP: the kernel is only ever reached from this machine, and ipykernel warns
+    ("running over TCP without encryption") for unencrypted TCP."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc"}})
+
+
 def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **parameters) -> dict:
     import papermill
 
@@ -71,8 +104,10 @@ def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **pa
             valid = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
             raise SystemExit(f"No notebook {source.name}; valid: {', '.join(valid)}")
         sources.append(source)
-    for source in sources:
-        print(f"== {source.name} (profile {profile.name}) ==", flush=True)
+    os.environ["TUTORIAL_TERMINAL_PROGRESS"] = "1"  # inherited by the kernels started below
+    for number, source in enumerate(sources, 1):
+        print(f"== [{number}/{len(sources)}] {source.name} (profile {profile.name}) ==", flush=True)
+        progress = CellProgress(source)
         failed = executed / f"{source.stem}.failed.ipynb"
         start = time.perf_counter()
         with atomic_file(executed / source.name) as tmp:
@@ -80,6 +115,10 @@ def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **pa
                 papermill.execute_notebook(
                     str(source), str(tmp), parameters=dict(PROFILE=profile.name, OUTPUT_DIR=str(out), **parameters),
                     cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False, log_output=False,
+                    stderr_file=sys.stderr, on_notebook_start=progress.start, on_cell_start=progress,
+                    config=_kernel_config(),
+                    # the kernel's own stderr stays the terminal's (the SFT bar goes there), not the notebook's
+                    extra_arguments=["--IPKernelApp.capture_fd_output=False"],
                 )
             except Exception as error:
                 # papermill has written the partly executed notebook (with the traceback) to tmp
