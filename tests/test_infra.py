@@ -25,3 +25,29 @@ def test_import_helpers_hides_only_the_named_messages():
                     "bitsandbytes: another warning"):
         assert visible in result.stderr, (visible, result.stderr[-2000:])
     assert "is_gradient_checkpointing" not in result.stderr and "gemm_4bit_forward" not in result.stderr
+
+
+def test_one_output_folder_whatever_the_working_directory(monkeypatch, tmp_path):
+    """JupyterLab runs a notebook in notebooks/, `make tutorial` in the project root: the same folder."""
+    from helpers import artifacts
+    from helpers.artifacts import output_dir, stage_dir
+
+    monkeypatch.delenv("OUTPUT_DIR", raising=False)
+    found = {}
+    for cwd in (ROOT, ROOT / "notebooks", tmp_path):
+        monkeypatch.chdir(cwd)
+        found[cwd] = (output_dir(), output_dir("elsewhere"), stage_dir(None, "tiny", "01_sft"))
+    assert set(found.values()) == {(ROOT / "outputs", ROOT / "elsewhere", ROOT / "outputs" / "tiny" / "01_sft")}
+    monkeypatch.setenv("OUTPUT_DIR", "from-env")  # the environment variable wins over the default...
+    assert output_dir() == ROOT / "from-env" and output_dir(None) == ROOT / "from-env"
+    assert output_dir(tmp_path) == tmp_path  # ...and an explicit value (papermill's parameter) over both
+    monkeypatch.setattr(artifacts, "project_root", lambda: None)  # installed from git, as on Colab
+    assert output_dir() == tmp_path / "from-env"  # the working directory (checked last: tmp_path)
+
+
+def test_notebooks_default_to_the_shared_output_folder():
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        parameters = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert "\nOUTPUT_DIR = None" in parameters.source, path.name  # resolved by helpers.artifacts.output_dir

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .artifacts import atomic_file, read_json, write_json
+from .artifacts import atomic_file, output_dir, read_json, write_json
 from .profiles import get_profile
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -88,11 +88,12 @@ def _kernel_config():
     return Config({"KernelManager": {"transport": "ipc"}})
 
 
-def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **parameters) -> dict:
+def run(names: list[str], profile_name: str, out: str | os.PathLike | None = None, **parameters) -> dict:
+    """Execute `names` in order into `<output_dir(out)>/<profile>/notebooks/`; raise NotebookFailed."""
     import papermill
 
     profile = get_profile(profile_name)  # fails at once for an unknown name or a missing GPU
-    out = Path(output_dir).resolve()
+    out = output_dir(out)
     executed = out / profile.name / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     timings_file = executed / "timings.json"
@@ -138,7 +139,7 @@ def run(names: list[str], profile_name: str, output_dir: str | os.PathLike, **pa
 def main(argv: list[str]) -> int:
     profile = os.environ.get("PROFILE") or os.environ.get("TUTORIAL_PROFILE") or "smol"
     try:
-        run(argv, profile, os.environ.get("OUTPUT_DIR") or "outputs")
+        run(argv, profile)  # the output folder: $OUTPUT_DIR, else <project root>/outputs
     except NotebookFailed as failure:
         print("\n" + failure.report(), file=sys.stderr, flush=True)
         return 1
