@@ -51,3 +51,11 @@ def test_notebooks_default_to_the_shared_output_folder():
     for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
         parameters = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
         assert "\nOUTPUT_DIR = None" in parameters.source, path.name  # resolved by helpers.artifacts.output_dir
+
+
+def test_a_repeated_bitsandbytes_notice_is_shown_once():
+    code = ("import logging, helpers\nlog = logging.getLogger('bitsandbytes.autograd._functions')\n"
+            "for _ in range(3): log.warning('MatMul8bitLt: inputs will be cast from %s to float16', 'fp32')\n"
+            "log.warning('another bitsandbytes warning')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stderr.count("MatMul8bitLt") == 1 and "another bitsandbytes warning" in result.stderr, result.stderr

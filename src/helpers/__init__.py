@@ -8,6 +8,20 @@ import sys
 import warnings
 
 
+class _Once(logging.Filter):
+    """Let a message through the first time only."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start, self.seen = start, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.start):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
 class _DropMessage(logging.Filter):
     def __init__(self, start: str):
         super().__init__()
@@ -26,6 +40,9 @@ def quiet_libraries() -> None:
     # with. Installed before bitsandbytes is imported, since the message comes at import.
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
+    # bitsandbytes' int8 matmul logs this on every forward of every 8-bit layer whose input is not fp16
+    # (any 8-bit model on CPU): true and worth knowing, once.
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once("MatMul8bitLt: inputs will be cast"))
     # The Trainer's DataLoader asks for pinned memory, which means nothing without a GPU; torch says so once
     # per loader on CPU-only machines (every `tiny` run).
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator",

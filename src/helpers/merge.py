@@ -19,7 +19,7 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .artifacts import atomic_dir, write_json
-from .models import is_quantized, load_model, position_ids
+from .models import is_quantized, load_model, perplexity, position_ids
 from .profiles import Profile
 
 ADAPTER_NOTEBOOK = "notebooks/01_sft_lora.ipynb"
@@ -118,3 +118,63 @@ def save_merged(merged, tokenizer, destination: str | Path, verification: dict) 
         tokenizer.save_pretrained(tmp)
     write_json(destination.parent / "verification.json", verification)
     return destination
+
+
+def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer, check_texts: list[str],
+                           heldout_texts: list[str]):
+    """What merging the adapter into an 8-bit base loses, measured; returns (models, layers) tables.
+
+    The same adapter goes on the full-precision base and on an 8-bit copy; both are merged, the 8-bit one
+    through peft's own path for bitsandbytes layers (dequantize W, add BA, quantize again; peft only warns).
+    `models`: max |logit difference| to base+adapter on `check_texts`, and held-out perplexity, of
+    the base, base+adapter, the full-precision merge, 8-bit base+adapter (not merged) and the 8-bit merge.
+    `layers`, per adapted layer: how large the update is against the int8 rounding step of the row it lands
+    in (median |ΔW| / (row absmax / 127)), and which part of it the re-quantized weight lost,
+    ‖(W8_merged − W8) − ΔW‖ / ‖ΔW‖ (W8: the dequantized 8-bit weight), read back from bitsandbytes.
+    """
+    import warnings
+
+    import pandas as pd
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    seq_len = profile.sft_seq_len
+    rows, reference = [], None
+
+    def measure(name, model):
+        nonlocal reference
+        logits = logits_on(model, tokenizer, check_texts, seq_len)
+        reference = logits if reference is None else reference
+        rows.append({"model": name, "max |Δlogit| vs base+adapter": (logits - reference).abs().max().item(),
+                     "held-out perplexity": perplexity(model, tokenizer, heldout_texts, seq_len)})
+
+    full = load_adapter(load_model(profile, dtype=torch.float32, on="cpu"), adapter_dir, profile).eval()
+    measure("base + adapter", full)
+    with full.disable_adapter():
+        measure("base (no adapter)", full)
+    measure("merged, full precision", full.merge_and_unload())
+    del full
+
+    eight = load_adapter(load_model(profile, quantize="8bit", on="cpu"), adapter_dir, profile).eval()
+    measure("8-bit base + adapter (not merged)", eight)
+    layers = {name: m for name, m in eight.named_modules() if isinstance(m, LoraLayer)}
+    before = {}
+    for name, m in layers.items():
+        base = m.get_base_layer()
+        w8 = dequantize_bnb_weight(base.weight, state=base.state).float()
+        before[name] = (base, w8, m.get_delta_weight("default").float())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged8 = eight.merge_and_unload()  # peft: dequantize, add BA, re-quantize
+    measure("merged into 8-bit (peft)", merged8)
+
+    stats = []
+    for name, (base, w8, delta) in before.items():
+        after = dequantize_bnb_weight(base.weight, state=base.state).float()
+        step = w8.abs().amax(dim=1, keepdim=True) / 127  # int8 rows: absmax maps to ±127
+        stats.append({"layer": name.removeprefix("base_model.model."),
+                      "median |ΔW| / int8 step": (delta.abs() / step).median().item(),
+                      "update lost to re-quantization": ((after - w8 - delta).norm() / delta.norm()).item()})
+    models = pd.DataFrame(rows).set_index("model").loc[[r["model"] for r in rows]]
+    models.attrs["peft_warnings"] = sorted({str(w.message) for w in caught})
+    return models, pd.DataFrame(stats)
