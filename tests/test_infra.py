@@ -59,3 +59,23 @@ def test_a_repeated_bitsandbytes_notice_is_shown_once():
             "log.warning('another bitsandbytes warning')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.stderr.count("MatMul8bitLt") == 1 and "another bitsandbytes warning" in result.stderr, result.stderr
+
+
+def test_publish_merges_progress_frames_and_needs_a_run(tmp_path):
+    import nbformat
+    import pytest
+
+    from helpers.publish import final_frame, publish, slim
+
+    assert final_frame("\r 0%|\r 50%|\r100%|\nsaved\n") == "100%|\nsaved\n"
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}})
+    nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="\rPPO: 0%"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rPPO: 100%\n"),
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}),
+        nbformat.v4.new_output("stream", name="stdout", text="done\n")])]
+    outputs = slim(nb).cells[0].outputs
+    assert [(o.name, o.text) for o in outputs] == [("stderr", "PPO: 100%\n"), ("stdout", "done\n")]
+    assert "widgets" not in nb.metadata
+    with pytest.raises(SystemExit, match="make tutorial PROFILE=smol"):
+        publish(tmp_path / "nothing-here", tmp_path / "docs")

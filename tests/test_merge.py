@@ -101,10 +101,11 @@ def test_quantized_merge_report_measures_what_the_8bit_merge_loses(tiny_architec
     adapter = random_adapter(load_model(profile), tmp_path / "adapter")
     models, layers = quantized_merge_report(profile, adapter, tokenizer, TEXTS, TEXTS)
     diff, ppl = models["max |Δlogit| vs base+adapter"], models["held-out perplexity"]
-    assert diff["base + adapter"] == 0 and diff["merged, full precision"] <= merge_tolerance(torch.float32)
+    assert diff["base + adapter"] == 0 and diff["merged in full precision"] <= merge_tolerance(torch.float32)
     assert diff["base (no adapter)"] > 1e-3  # the adapter changes the model...
-    assert diff["merged into 8-bit (peft)"] > 10 * max(diff["merged, full precision"], 1e-7)  # ...8-bit rounds
-    assert ppl.gt(1).all() and ppl["merged, full precision"] == pytest.approx(ppl["base + adapter"], rel=1e-4)
+    assert diff["merged into the 8-bit base (peft)"] > 10 * max(diff["merged in full precision"], 1e-7)  # ...8-bit rounds
+    assert ppl.gt(1).all() and ppl["merged in full precision"] == pytest.approx(ppl["base + adapter"], rel=1e-4)
+    assert diff["merged into a 4-bit base (peft)"] > diff["merged into the 8-bit base (peft)"]  # 16 levels, not 255
     assert any("8-bit" in w for w in models.attrs["peft_warnings"])  # peft merges with only a warning
     # one row per adapted layer; both figures recomputed by hand for q_proj of layer 0
     peft_model = PeftModel.from_pretrained(load_model(profile), adapter)

@@ -125,3 +125,25 @@ def test_notebooks_are_committed_clean():
         for cell in code:
             assert bool(cell.outputs) == ("NBVAL_CHECK_OUTPUT" in cell.source), (name, cell.source[:60])
             assert len(cell.source.splitlines()) <= 15, (name, cell.source[:60])
+
+
+def test_publish_keeps_results_and_stays_small(tiny_outputs, tmp_path):
+    """`make publish`: executed notebooks with their tables and figures, without widget state or the
+    intermediate frames of progress bars."""
+    import nbformat
+
+    from helpers.publish import MAX_TOTAL_MB, publish
+
+    written = publish(tiny_outputs / "tiny" / "notebooks", tmp_path)
+    assert {p.stem for p in written} == set(NOTEBOOKS)
+    assert sum(p.stat().st_size for p in written) < MAX_TOTAL_MB * 2**20
+    for path in written:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert outputs and "widgets" not in nb.metadata
+        assert not [o for o in outputs if o.output_type == "stream" and "\r" in o.text]
+        assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    figures = [o for p in written for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code"
+               for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= 4  # 01 loss, 03 curves, 04 comparison and memory/time

@@ -126,12 +126,14 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
 
     The same adapter goes on the full-precision base and on an 8-bit copy; both are merged, the 8-bit one
     through peft's own path for bitsandbytes layers (dequantize W, add BA, quantize again; peft only warns).
-    `models`: max |logit difference| to base+adapter on `check_texts`, and held-out perplexity, of
-    the base, base+adapter, the full-precision merge, 8-bit base+adapter (not merged) and the 8-bit merge.
-    `layers`, per adapted layer: how large the update is against the int8 rounding step of the row it lands
-    in (median |ΔW| / (row absmax / 127)), and which part of it the re-quantized weight lost,
-    ‖(W8_merged − W8) − ΔW‖ / ‖ΔW‖ (W8: the dequantized 8-bit weight), read back from bitsandbytes.
+    `models`: max |logit difference| to base+adapter on `check_texts`, and held-out perplexity, of the
+    base, base+adapter, the full-precision merge, that merge loaded in 8-bit (what the 20B recipe runs PPO
+    on), 8-bit base+adapter (not merged), the 8-bit merge, and the same merge into a 4-bit (NF4) base.
+    `layers`, per adapted layer of the 8-bit merge: how large the update is against the int8 rounding step
+    of the row it lands in (median |ΔW| / (row absmax / 127)), and which part of it the re-quantized weight
+    lost, ‖(W8_merged − W8) − ΔW‖ / ‖ΔW‖ (W8: the dequantized 8-bit weight), read back from bitsandbytes.
     """
+    import tempfile
     import warnings
 
     import pandas as pd
@@ -152,21 +154,26 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
     measure("base + adapter", full)
     with full.disable_adapter():
         measure("base (no adapter)", full)
-    measure("merged, full precision", full.merge_and_unload())
-    del full
+    merged = full.merge_and_unload()
+    measure("merged in full precision", merged)
+    with tempfile.TemporaryDirectory() as scratch:
+        merged.save_pretrained(scratch, safe_serialization=True)
+        del full, merged
+        measure("merged in full precision, then loaded in 8-bit", load_model(profile, scratch, quantize="8bit", on="cpu"))
 
     eight = load_adapter(load_model(profile, quantize="8bit", on="cpu"), adapter_dir, profile).eval()
     measure("8-bit base + adapter (not merged)", eight)
-    layers = {name: m for name, m in eight.named_modules() if isinstance(m, LoraLayer)}
     before = {}
-    for name, m in layers.items():
-        base = m.get_base_layer()
-        w8 = dequantize_bnb_weight(base.weight, state=base.state).float()
-        before[name] = (base, w8, m.get_delta_weight("default").float())
+    for name, m in eight.named_modules():
+        if isinstance(m, LoraLayer):
+            base = m.get_base_layer()
+            w8 = dequantize_bnb_weight(base.weight, state=base.state).float()
+            before[name] = (base, w8, m.get_delta_weight("default").float())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        merged8 = eight.merge_and_unload()  # peft: dequantize, add BA, re-quantize
-    measure("merged into 8-bit (peft)", merged8)
+        measure("merged into the 8-bit base (peft)", eight.merge_and_unload())  # dequantize, add BA, re-quantize
+        four = load_adapter(load_model(profile, quantize="4bit", on="cpu"), adapter_dir, profile).eval()
+        measure("merged into a 4-bit base (peft)", four.merge_and_unload())
 
     stats = []
     for name, (base, w8, delta) in before.items():
@@ -175,6 +182,6 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
         stats.append({"layer": name.removeprefix("base_model.model."),
                       "median |ΔW| / int8 step": (delta.abs() / step).median().item(),
                       "update lost to re-quantization": ((after - w8 - delta).norm() / delta.norm()).item()})
-    models = pd.DataFrame(rows).set_index("model").loc[[r["model"] for r in rows]]
-    models.attrs["peft_warnings"] = sorted({str(w.message) for w in caught})
+    models = pd.DataFrame(rows).set_index("model")
+    models.attrs["peft_warnings"] = sorted({str(w.message) for w in caught if "bit" in str(w.message)})
     return models, pd.DataFrame(stats)
