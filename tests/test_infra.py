@@ -79,3 +79,53 @@ def test_publish_merges_progress_frames_and_needs_a_run(tmp_path):
     assert "widgets" not in nb.metadata
     with pytest.raises(SystemExit, match="make tutorial PROFILE=smol"):
         publish(tmp_path / "nothing-here", tmp_path / "docs")
+
+
+def test_colab_installs_the_tag_of_this_version_and_environment_yml_matches():
+    import tomllib
+
+    import nbformat
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        setup = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1]
+        assert f'lora-rlhf-tutorial@v{project["version"]}"' in setup.source, path.name
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert f"-e .[{','.join(sorted(project['optional-dependencies']))}]" in pip  # dev and lab (jupyterlab)
+    assert "-c constraints.txt" in pip  # the same pins as `make install`
+    assert any(d.startswith("ipywidgets") for d in project["dependencies"])
+
+
+def test_ci_workflow_runs_the_readme_commands():
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert {"push", "pull_request", "schedule"} <= set(triggers)
+    runs = {job: [s["run"].split()[:2] for s in spec["steps"] if "run" in s] for job, spec in workflow["jobs"].items()}
+    assert runs == {"test": [["make", "test"]], "test-latest": [["make", "test-latest"]]}
+    readme = (ROOT / "README.md").read_text()
+    assert "make test-latest" in readme and "make test" in readme
+    caches = [s["with"]["path"] for spec in workflow["jobs"].values() for s in spec["steps"]
+              if s.get("uses", "").startswith("actions/cache")]
+    assert caches and all(p == "~/.cache/lora-rlhf-tutorial" for p in caches)
+
+
+def test_which_arm_table_is_the_same_in_the_readme_and_in_notebook_04():
+    import nbformat
+
+    from helpers.compare import ARMS
+
+    def rows(text):
+        start = text.index("| framework | what it does | arm |")
+        return [line for line in text[start:].splitlines()[2:] if line.startswith("|")][:20]
+
+    last = nbformat.read(ROOT / "notebooks" / "04_reference_model_comparison.ipynb", as_version=4).cells[-1]
+    assert last.cell_type == "markdown" and "Which arm is my framework?" in last.source
+    table = rows(last.source)
+    readme_table = rows((ROOT / "README.md").read_text())
+    assert table == readme_table[:len(table)] and len(table) >= 9
+    named = {arm for row in table for arm in ARMS if f"`{arm}`" in row}
+    assert named == {"adapter+ref-adapter", "adapter+disabled", "merged+disabled", "adapter+copy", "merged+copy"}
