@@ -63,9 +63,8 @@ def _failure(source: Path, error: BaseException, kept: Path | None) -> NotebookF
 class CellProgress:
     """nbclient hook: one line per code cell as it starts, numbered as the executed notebook numbers it."""
 
-    def __init__(self, notebook: Path):
-        self.done, self.total = 0, None
-        self.notebook = notebook.stem
+    def __init__(self):
+        self.done, self.total, self.nb = 0, None, None
 
     def start(self, notebook):
         self.nb = notebook
@@ -90,8 +89,6 @@ def _kernel_config():
 
 def run(names: list[str], profile_name: str, out: str | os.PathLike | None = None, **parameters) -> dict:
     """Execute `names` in order into `<output_dir(out)>/<profile>/notebooks/`; raise NotebookFailed."""
-    import papermill
-
     profile = get_profile(profile_name)  # fails at once for an unknown name or a missing GPU
     out = output_dir(out)
     executed = out / profile.name / "notebooks"
@@ -105,16 +102,30 @@ def run(names: list[str], profile_name: str, out: str | os.PathLike | None = Non
             valid = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
             raise SystemExit(f"No notebook {source.name}; valid: {', '.join(valid)}")
         sources.append(source)
+    previous = os.environ.get("TUTORIAL_TERMINAL_PROGRESS")
     os.environ["TUTORIAL_TERMINAL_PROGRESS"] = "1"  # inherited by the kernels started below
+    try:
+        return _execute(sources, profile.name, out, executed, timings, parameters)
+    finally:
+        if previous is None:
+            os.environ.pop("TUTORIAL_TERMINAL_PROGRESS")
+        else:
+            os.environ["TUTORIAL_TERMINAL_PROGRESS"] = previous
+
+
+def _execute(sources, profile_name, out, executed, timings, parameters) -> dict:
+    import papermill
+
+    timings_file = executed / "timings.json"
     for number, source in enumerate(sources, 1):
-        print(f"== [{number}/{len(sources)}] {source.name} (profile {profile.name}) ==", flush=True)
-        progress = CellProgress(source)
+        print(f"== [{number}/{len(sources)}] {source.name} (profile {profile_name}) ==", flush=True)
+        progress = CellProgress()
         failed = executed / f"{source.stem}.failed.ipynb"
         start = time.perf_counter()
         with atomic_file(executed / source.name) as tmp:
             try:
                 papermill.execute_notebook(
-                    str(source), str(tmp), parameters=dict(PROFILE=profile.name, OUTPUT_DIR=str(out), **parameters),
+                    str(source), str(tmp), parameters=dict(PROFILE=profile_name, OUTPUT_DIR=str(out), **parameters),
                     cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False, log_output=False,
                     stderr_file=sys.stderr, on_notebook_start=progress.start, on_cell_start=progress,
                     config=_kernel_config(),
