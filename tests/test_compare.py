@@ -1,109 +1,289 @@
-"""The reference-model comparison (notebook 04) on `tiny`: what the run wrote, and the runner itself."""
+"""The reference-model comparison (notebook 04): the verdict logic on synthetic tables, what the `tiny`
+run wrote (seeds, pairing, controls, memory), resume by fingerprint, and an 8-bit profile."""
 
+import shutil
+from dataclasses import replace
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from helpers.artifacts import stage_dir
-from helpers.compare import ARMS, findings, run_comparison
+from helpers.compare import (ARMS, Plan, Results, build_arm, findings, plan_from_profile, run_comparison,
+                             seed_queries, verdict, yardsticks)
 from helpers.data import load_imdb, ppo_queries
-from helpers.models import load_tokenizer
+from helpers.models import is_quantized, load_tokenizer
 from helpers.ppo import config_from_profile
 from helpers.rewards import vader_reward
 
-pytestmark = pytest.mark.slow
+# --- the verdict logic, on synthetic numbers (fast) -------------------------------------------------------
+
+
+def test_an_interval_that_includes_zero_is_inconclusive():
+    row = verdict([0.10, -0.08, 0.05], ">0")
+    assert row["ci_low"] < 0 < row["ci_high"] and row["n_seeds"] == 3
+    assert row["verdict"] == "inconclusive" and "seeds" in row["to_settle"]
+    assert verdict([0.10, -0.08, 0.05], "<0")["verdict"] == "inconclusive"
+
+
+def test_an_interval_that_excludes_zero_decides():
+    up = verdict([1.0, 1.1, 0.9], ">0")
+    assert up["effect"] == pytest.approx(1.0) and 0 < up["ci_low"] < up["effect"] < up["ci_high"]
+    assert up["verdict"] == "as expected" and up["to_settle"] == ""
+    assert verdict([1.0, 1.1, 0.9], "<0")["verdict"] == "differs"
+    assert verdict([-1.0, -1.1, -0.9], "<0")["verdict"] == "as expected"
+
+
+def test_one_seed_is_never_enough_for_an_interval():
+    row = verdict([5.0], ">0")
+    assert row["verdict"] == "inconclusive" and np.isnan(row["ci_low"]) and "2 seeds" in row["to_settle"]
+
+
+def test_seeds_to_settle_grow_with_the_spread():
+    """From the measured mean and spread: a noisier effect needs more seeds, and the estimate settles it."""
+    from helpers.compare import seeds_needed, t_interval
+
+    small, large = verdict([0.2, -0.1, 0.3], ">0"), verdict([0.2, -0.5, 0.6], ">0")
+    n_small, n_large = (int(r["to_settle"].split()[1].rstrip("+")) for r in (small, large))
+    assert 3 < n_small < n_large
+    # n_small seeds with the same mean and spread give an interval that excludes zero; one fewer does not
+    x = np.array([0.2, -0.1, 0.3])
+    for n, excludes in [(n_small, True), (n_small - 1, False)]:
+        z = (np.arange(n) - (n - 1) / 2) / np.std(np.arange(n), ddof=1)  # mean 0, sd 1
+        _, low, _, _ = t_interval(x.mean() + x.std(ddof=1) * z)
+        assert (low > 0) == excludes
+    assert seeds_needed([0.0, 0.0]) is None
+
+
+def test_equality_claims_use_the_tolerance():
+    assert verdict([0.0, 3e-6], "=", tolerance=1e-4)["verdict"] == "as expected"
+    assert verdict([0.0, 3e-3], "=", tolerance=1e-4)["verdict"] == "differs"
+    assert verdict([1.98], "=", tolerance=0.2, target=2.0)["verdict"] == "as expected"
+    with pytest.raises(ValueError, match="'>0', '<0' or '='"):
+        verdict([1.0], ">=0")
+
+
+def synthetic(kl0_pitfall, kl0_control=(0.0, 0.0, 0.0)):
+    """An evaluation table of the pitfall and its control over 3 seeds, as run_comparison returns it."""
+    rows = []
+    for arm, kl0 in [("adapter+disabled", kl0_pitfall), ("adapter+ref-adapter", kl0_control)]:
+        for seed, k in enumerate(kl0):
+            for step in (0, 4):
+                rows.append({"study": "main", "arm": arm, "seed": seed, "step": step, "reward_mean": 0.1,
+                             "kl_ref_exact": k if step == 0 else 0.0, "kl_sft_exact": 0.01 * step,
+                             "kl_base_exact": 0.2, "perplexity": 50.0})
+    evaluation = pd.DataFrame(rows)
+    runs = evaluation[["study", "arm", "seed"]].drop_duplicates().assign(step_time_median_s=1.0, model_bytes=1)
+    return Results(evaluation.iloc[:0], evaluation, evaluation.iloc[:0], runs)
+
+
+def test_findings_on_a_synthetic_table():
+    decided = findings(synthetic([0.30, 0.32, 0.31])).set_index("claim")
+    row = decided.loc["the pitfall: KL to the reference starts at KL(SFT‖base) > 0"]
+    assert row.verdict == "as expected" and row.control == "adapter+ref-adapter" and row.n_seeds == 3
+    assert row.effect == pytest.approx(0.31) and 0 < row.ci_low < row.ci_high
+    noisy = findings(synthetic([0.30, -0.40, 0.20])).set_index("claim")
+    assert noisy.loc["the pitfall: KL to the reference starts at KL(SFT‖base) > 0"].verdict == "inconclusive"
+    # claims whose arms did not run are left out, not guessed
+    assert not decided.index.str.contains("SFT first").any()
+    nothing = findings(Results(*(pd.DataFrame(columns=["study", "arm", "seed"]),) * 4))
+    assert nothing.empty and "verdict" in nothing.columns
+
+
+# --- the tiny run of notebook 04 ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def tables(tiny_outputs):
     folder = stage_dir(tiny_outputs, "tiny", "04_comparison")
-    return pd.read_csv(folder / "metrics.csv"), pd.read_csv(folder / "summary.csv")
+    names = ("metrics", "evaluation", "samples", "runs", "summary")
+    return {name: pd.read_csv(folder / f"{name}.csv") for name in names}
 
 
-def test_every_arm_ran_with_the_required_columns(tables, tiny):
-    metrics, summary = tables
+@pytest.mark.slow
+def test_every_arm_ran_its_seeds_with_the_required_columns(tables, tiny):
+    plan = plan_from_profile(tiny)
+    summary, runs = tables["summary"], tables["runs"]
     assert list(summary.arm) == list(ARMS)
     for column in ["arm", "step", "reward_mean", "kl_ref", "kl_sft", "kl_base", "kl_coef", "step_time_s"]:
-        assert column in metrics.columns
-    for column in ["arm", "backbones", "model_bytes", "trainable_params", "peak_cuda_bytes"]:
+        assert column in tables["metrics"].columns
+    for column in ["arm", "backbones", "model_bytes", "trainable_params", "peak_cuda_bytes", "step_time_min_s"]:
         assert column in summary.columns
-    assert metrics.groupby("arm").step.count().eq(tiny.comparison_steps).all()
+    for column in ["reward_mean", "kl_ref_exact", "kl_sft_exact", "kl_base_exact", "perplexity"]:
+        assert column in tables["evaluation"].columns
+    main = runs[runs.study == "main"]
+    for arm in ARMS:
+        assert sorted(main[main.arm == arm].seed) == (plan.seeds if ARMS[arm].claim else plan.side_seeds)
+    assert len(plan.seeds) == tiny.comparison_seeds >= 2
+    penalty = runs[runs.study == "penalty"]
+    assert set(penalty.arm) == {"adapter+disabled", "adapter+ref-adapter"} and set(penalty.seed) == set(plan.seeds)
 
 
+@pytest.mark.slow
+def test_seeds_differ_within_an_arm_and_pair_across_arms(tables):
+    metrics, samples = tables["metrics"], tables["samples"]
+    main = metrics[metrics.study == "main"]
+    first = main[main.step == 0].set_index(["arm", "seed"])
+    # within an arm, seeds see different prompts and samples
+    assert first.loc[("merged+disabled", 0), "reward_mean"] != first.loc[("merged+disabled", 1), "reward_mean"]
+    # across arms, seed k is the same prompts and sampling seed: arms whose step-0 policy is the same
+    # network (the merged model; the frozen SFT adapter under a zero LoRA) see identical rollouts
+    for arm in ("merged+copy", "stacked"):
+        twin = first.loc[("merged+disabled", 0), "reward_mean"]
+        assert first.loc[(arm, 0), "reward_mean"] == pytest.approx(twin, abs=1e-6)
+    held = samples[(samples.study == "main") & (samples.step == 0)]
+    # the held-out prompts are the same for every arm and seed; the samples are paired by seed
+    assert held.groupby(["arm", "seed"]).query.apply(tuple).nunique() == 1
+    responses = held.set_index(["arm", "seed", "prompt"]).sort_index().response
+    assert responses.loc["merged+copy", 0].equals(responses.loc["merged+disabled", 0])
+    assert not responses.loc["merged+disabled", 0].equals(responses.loc["merged+disabled", 1])
+
+
+@pytest.mark.slow
 def test_kl_at_step_0(tables):
-    metrics, _ = tables
-    first = metrics[metrics.step == 0].set_index("arm")
-    others = first.drop(index="adapter+disabled")
+    metrics = tables["metrics"]
+    first = metrics[(metrics.step == 0) & (metrics.study == "main")]
+    others = first[first.arm != "adapter+disabled"]
     assert others.kl_ref.abs().max() < 1e-4 and others.kl_ref_exact.abs().max() < 1e-4
-    pit = first.loc["adapter+disabled"]
-    assert pit.kl_ref_exact > 1e-2  # KL(SFT || base)
-    assert pit.kl_ref_exact == pytest.approx(pit.kl_base_exact, rel=1e-4)  # the reference is the base
-    assert pit.kl_ref == pytest.approx(pit.kl_base, rel=1e-3, abs=1e-4)
-    assert abs(pit.kl_sft_exact) < 1e-4 and abs(pit.kl_sft) < 1e-4  # the policy is still the SFT model
+    pit = first[first.arm == "adapter+disabled"]
+    assert (pit.kl_ref_exact > 1e-2).all()  # KL(SFT || base)
+    np.testing.assert_allclose(pit.kl_ref_exact, pit.kl_base_exact, rtol=1e-4)  # the reference is the base
+    assert pit.kl_sft_exact.abs().max() < 1e-4  # the policy is still the SFT model
 
 
+@pytest.mark.slow
 def test_explicit_copy_equals_disabled_after_merging(tables):
-    metrics, _ = tables
-    a = metrics[metrics.arm == "merged+disabled"].reset_index(drop=True)
-    b = metrics[metrics.arm == "merged+copy"].reset_index(drop=True)
+    metrics = tables["metrics"]
     columns = ["reward_mean", "kl_ref", "kl_ref_exact", "kl_sft", "kl_base", "kl_coef", "policy_loss", "value_loss"]
-    pd.testing.assert_frame_equal(a[columns], b[columns], atol=1e-5, rtol=1e-4)
+    copy = metrics[(metrics.arm == "merged+copy")].set_index(["seed", "step"])[columns]
+    twin = metrics[(metrics.arm == "merged+disabled") & (metrics.study == "main")].set_index(["seed", "step"])[columns]
+    assert len(copy) > 1
+    pd.testing.assert_frame_equal(copy, twin.loc[copy.index], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_memory(tables):
-    _, summary = tables
-    s = summary.set_index("arm")
+    s = tables["summary"].set_index("arm")
     one = s.loc["merged+disabled", "model_bytes"]
     for arm in ("merged+copy", "adapter+copy"):
         assert s.loc[arm, "backbones"] == 2 and 1.8 < s.loc[arm, "model_bytes"] / one < 2.2
     for arm in ("adapter+ref-adapter", "stacked", "adapter+disabled", "base+disabled"):
         assert s.loc[arm, "backbones"] == 1 and s.loc[arm, "model_bytes"] / one < 1.1
-    # the extra frozen adapter is counted
-    assert s.loc["adapter+ref-adapter", "model_bytes"] > s.loc["adapter+disabled", "model_bytes"]
-    assert (s.trainable_params > 0).all()
+    assert s.loc["adapter+ref-adapter", "model_bytes"] > s.loc["adapter+disabled", "model_bytes"]  # the extra adapter
+    assert (s.trainable_params > 0).all() and (s.rss_growth_bytes >= 0).all()
+    assert (s.step_time_min_s <= s.step_time_s).all() and (s.step_time_s <= s.step_time_max_s).all()
 
 
-def test_findings_are_computed_from_the_table(tables, tiny_outputs):
-    metrics, summary = tables
-    table = findings(metrics, summary)
-    kl0 = table[table.finding == "adapter+disabled: KL to its reference at step 0"].iloc[0]
-    assert kl0.as_expected
-    assert f"{metrics[(metrics.arm == 'adapter+disabled') & (metrics.step == 0)].kl_ref_exact.iloc[0]:.4g}" in kl0.measured
-    assert table[table.finding.str.startswith("merged+disabled vs merged+copy")].as_expected.all()
-    # change the numbers and the findings change with them
-    samples = pd.read_csv(stage_dir(tiny_outputs, "tiny", "04_comparison") / "samples.csv")
-    assert set(samples.when) == {"before", "after"} and set(samples.arm) == set(ARMS)
-    with_samples = findings(metrics, summary, samples)
-    gains = with_samples[with_samples.finding.str.contains("held-out reward before")]
-    assert len(gains) == len(ARMS)
-    mean = samples[(samples.arm == "stacked") & (samples.when == "after")].reward.mean()
-    assert f"{mean:.3f}" in gains[gains.finding.str.startswith("stacked")].measured.iloc[0]
-    tampered = metrics.copy()
-    tampered.loc[(tampered.arm == "merged+copy") & (tampered.step == 0), "kl_ref_exact"] = 0.5
-    flipped = findings(tampered, summary)
-    assert not flipped[flipped.finding == "merged+copy: KL to its reference at step 0"].as_expected.iloc[0]
+@pytest.mark.slow
+def test_findings_are_computed_from_the_tables(tables):
+    results = Results(*(tables[k] for k in ("metrics", "evaluation", "samples", "runs")))
+    table = findings(results).set_index("claim")
+    kl0 = table.loc["the pitfall: KL to the reference starts at KL(SFT‖base) > 0"]
+    e = tables["evaluation"]
+    e = e[(e.study == "main") & (e.step == 0)].set_index(["arm", "seed"]).kl_ref_exact
+    assert kl0.effect == pytest.approx((e.loc["adapter+disabled"] - e.loc["adapter+ref-adapter"]).mean())
+    assert kl0.verdict == "as expected"
+    assert table.loc["after merging, an explicit reference equals None"].verdict == "as expected"
+    assert table.loc["an explicit copy holds twice the weights"].verdict == "as expected"
+    assert set(table.verdict) <= {"as expected", "differs", "inconclusive"}
+    assert (table[table.verdict == "inconclusive"].to_settle != "").all()
 
 
-def test_resume_skips_finished_arms(tiny_outputs, tiny, capsys):
-    folder = stage_dir(tiny_outputs, "tiny", "04_comparison")
-    before = (folder / "metrics.csv").read_text(), (folder / "metrics.csv").stat().st_mtime_ns
-    tokenizer = load_tokenizer(stage_dir(tiny_outputs, "tiny", "02_merge") / "model")
-    queries = ppo_queries(load_imdb(tiny)["train"]["text"], tokenizer, n=tiny.comparison_steps * tiny.ppo_batch_size, seed=0)
-    config = config_from_profile(tiny, steps=tiny.comparison_steps, seed=0)
-    metrics, summary = run_comparison(tiny, tiny_outputs, tokenizer, queries, vader_reward(), config,
-                                      arms=["merged+disabled", "stacked"], progress=False)
-    assert "merged+disabled: results exist, skipped" in capsys.readouterr().out
-    assert ((folder / "metrics.csv").read_text(), (folder / "metrics.csv").stat().st_mtime_ns) == before
-    assert list(summary.arm) == ["merged+disabled", "stacked"] and len(metrics) == 2 * tiny.comparison_steps
+# --- resume ------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def fresh_outputs(tiny_outputs, tmp_path):
+    """The 01 and 02 outputs of the tiny run, copied, without any 04 results."""
+    for stage in ("01_sft", "02_merge"):
+        shutil.copytree(stage_dir(tiny_outputs, "tiny", stage), stage_dir(tmp_path, "tiny", stage))
+    return tmp_path
+
+
+def one_arm(tiny, out, capsys, **config_overrides):
+    tokenizer = load_tokenizer(stage_dir(out, "tiny", "02_merge") / "model")
+    data = load_imdb(tiny)
+    queries = ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo_batch_size, seed=0)
+    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1)
+    plan = Plan(["merged+disabled"], [0], [0], steps=2, side_steps=2, eval_every=2, penalty_steps=0)
+    results = run_comparison(tiny, out, tokenizer, queries, eval_queries, vader_reward(),
+                             config_from_profile(tiny, steps=2, **config_overrides), plan, progress=False)
+    return results, capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_resume_reruns_exactly_when_something_that_decides_the_results_changed(tiny, fresh_outputs, capsys):
+    run = stage_dir(fresh_outputs, "tiny", "04_comparison") / "runs" / "main" / "merged+disabled" / "seed0"
+    _, said = one_arm(tiny, fresh_outputs, capsys)
+    assert "running (not run yet)" in said
+    landed = (run / "metrics.csv").stat().st_mtime_ns
+    _, said = one_arm(tiny, fresh_outputs, capsys)
+    assert "same settings, skipped" in said and (run / "metrics.csv").stat().st_mtime_ns == landed
+    results, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo_lr)
+    assert f"ppo.learning_rate: {tiny.ppo_lr} -> {2 * tiny.ppo_lr}" in said
+    assert (run / "metrics.csv").stat().st_mtime_ns != landed and len(results.metrics) == 2
+    (run / "samples.csv").unlink()  # a run whose files did not all land is not done
+    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo_lr)
+    assert "incomplete (missing samples.csv)" in said
+    config = stage_dir(fresh_outputs, "tiny", "01_sft") / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text() + "\n")  # re-running notebook 01 changes the adapter's files
+    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo_lr)
+    assert "settings changed (sft_adapter:" in said
+
+
+@pytest.mark.slow
 def test_missing_inputs_name_the_notebook_to_run_first(tiny, tmp_path):
     from helpers.artifacts import MissingArtifactError
 
     with pytest.raises(MissingArtifactError, match="01_sft_lora.ipynb"):
-        run_comparison(tiny, tmp_path, None, [], vader_reward(), config_from_profile(tiny))
+        run_comparison(tiny, tmp_path, None, [], [], vader_reward(), config_from_profile(tiny), plan_from_profile(tiny))
     assert not list(tmp_path.rglob("*.csv"))
 
 
-def test_unknown_arm_lists_the_valid_ones(tiny_outputs, tiny):
+def test_unknown_arm_lists_the_valid_ones(tiny):
     with pytest.raises(ValueError, match="merged\\+disabled, merged\\+copy"):
-        run_comparison(tiny, tiny_outputs, None, [], vader_reward(), config_from_profile(tiny), arms=["magic"])
+        plan_from_profile(tiny, arms=["magic"])
+
+
+def test_plan_pairs_seeds(tiny):
+    plan = plan_from_profile(tiny, seed=5, seeds=3)
+    assert plan.seeds == [5, 6, 7] and plan.side_seeds == plan.seeds[: tiny.comparison_side_seeds]
+    queries = [[i] for i in range(40)]
+    assert seed_queries(queries, 5) == seed_queries(queries, 5) != seed_queries(queries, 6)
+    assert sorted(seed_queries(queries, 6)) == queries
+
+
+# --- an 8-bit profile ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectures, tmp_path, capsys):
+    """A tiny GPT-NeoX in 8-bit on CPU, as gpt-neox-20b runs: every arm's backbone and both yardsticks."""
+    from peft import get_peft_model
+
+    from helpers.merge import merge_adapter, save_merged
+    from helpers.models import load_model, lora_config
+    from helpers.sft import save_adapter
+
+    profile = replace(tiny, model=str(tiny_architectures["gpt_neox"]), load_in_8bit=True, lora_targets=None)
+    tokenizer = load_tokenizer(profile)
+    base = load_model(profile)
+    config = lora_config(profile, base)
+    config.init_lora_weights = False  # SFT != base
+    adapter = save_adapter(get_peft_model(base, config), stage_dir(tmp_path, profile.name, "01_sft") / "adapter")
+    merged, check = merge_adapter(profile, adapter, tokenizer, load_imdb(profile)["heldout"]["text"][:2])
+    save_merged(merged, tokenizer, stage_dir(tmp_path, profile.name, "02_merge") / "model", check)
+    merged_dir = stage_dir(tmp_path, profile.name, "02_merge") / "model"
+    assert all(is_quantized(y.model) for y in yardsticks(profile, merged_dir, "8bit").values())
+    for arm in ("merged+copy", "adapter+ref-adapter"):
+        built = build_arm(arm, profile, adapter, merged_dir, quantize="8bit")
+        assert is_quantized(built.policy) and all(is_quantized(m) for m in built.holds[2:])
+    queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=2 * profile.ppo_batch_size, seed=0)
+    plan = Plan(["merged+disabled"], [0], [0], steps=2, side_steps=2, eval_every=2, penalty_steps=0)
+    results = run_comparison(profile, tmp_path, tokenizer, queries, queries[:4], vader_reward(),
+                             config_from_profile(profile, steps=2), plan, progress=False)
+    assert len(results.metrics) == 2 and torch.isfinite(torch.tensor(results.metrics.kl_sft_exact.values)).all()
+    fingerprint = (stage_dir(tmp_path, profile.name, "04_comparison") / "runs" / "main" / "merged+disabled" /
+                   "seed0" / "fingerprint.json").read_text()
+    assert '"quantization": "8bit"' in fingerprint

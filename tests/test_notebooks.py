@@ -58,7 +58,8 @@ def test_03_ppo_artifacts(tiny_outputs, tiny):
 def test_figures_are_pngs(tiny_outputs):
     figures = [*(tiny_outputs / "tiny" / "figures").glob("*.png"),
                *(stage_dir(tiny_outputs, "tiny", "04_comparison") / "figures").glob("*.png")]
-    assert {f.name for f in figures} == {"01_sft_perplexity.png", "03_ppo_curves.png", "comparison.png", "memory_time.png"}
+    assert {f.name for f in figures} == {"01_sft_perplexity.png", "03_ppo_curves.png", "comparison.png",
+                                       "memory_time.png", "penalty_alone.png", "frontier.png"}
     for f in figures:
         assert f.read_bytes()[:8] == PNG and f.stat().st_size > 5000
 

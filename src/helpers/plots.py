@@ -6,18 +6,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import LogFormatter
 
-# one fixed style per arm, the same in every figure. Arms whose curves coincide (a copy and its
-# one-backbone twin; stacked and merged+disabled) get a wide line under a narrow one, so both stay visible.
-ARM_STYLES = {
-    "merged+disabled": dict(color="#1f77b4", linestyle="-", linewidth=5, marker="o", alpha=0.6),
-    "merged+copy": dict(color="#0b2f55", linestyle="--", linewidth=1.5, marker=None, alpha=1.0),
-    "adapter+disabled": dict(color="#d62728", linestyle="-", linewidth=5, marker="o", alpha=0.6),
-    "adapter+copy": dict(color="#5c0a0b", linestyle="--", linewidth=1.5, marker=None, alpha=1.0),
-    "adapter+ref-adapter": dict(color="#2ca02c", linestyle=":", linewidth=2.5, marker="^", alpha=1.0),
-    "stacked": dict(color="#9467bd", linestyle="-.", linewidth=1.5, marker="x", alpha=1.0),
-    "base+disabled": dict(color="#7f7f7f", linestyle="-", linewidth=2.5, marker="s", alpha=0.9),
-}
-ARM_COLORS = {arm: style["color"] for arm, style in ARM_STYLES.items()}
+
+def arm_style(arm: str) -> dict:
+    """The arm's line style from the one arm registry (helpers.compare.ARMS); unknown arms get matplotlib's."""
+    from .compare import ARMS
+
+    return dict(ARMS[arm].style) if arm in ARMS else {}
 
 
 def sft_perplexity(curve: pd.DataFrame, base_ppl: float):
@@ -74,34 +68,103 @@ def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, ti
     return fig
 
 
-def comparison_curves(metrics: pd.DataFrame):
-    """The two plots the tutorial exists for (reward and KL to the arm's own reference per step), plus the
-    common yardstick: KL to the SFT model."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    panels = [("reward_mean", "mean reward"), ("kl_ref_exact", "KL to the arm's own reference (penalised)"),
-              ("kl_sft_exact", "KL to the SFT model (yardstick)")]
-    for ax, (column, title) in zip(axes, panels):
-        for arm, rows in metrics.groupby("arm", sort=False):
-            ax.plot(rows["step"], rows[column], label=arm, markersize=5, **ARM_STYLES.get(arm, {}))
-        ax.set(xlabel="PPO step", title=title)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1].set_ylabel("exact KL per token (nats)")
-    axes[2].set_ylabel("exact KL per token (nats)")
-    axes[0].set_ylabel("reward")
-    axes[2].legend(fontsize=8, loc="best")
-    fig.suptitle("Which reference model? Same seed, prompts, reward and hyperparameters in every arm")
+def seed_band(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per arm and step: mean over seeds and its 95% t-interval (low = high = mean for one seed)."""
+    from .compare import t_interval
+
+    rows = []
+    for (arm, step), group in table.dropna(subset=[column]).groupby(["arm", "step"], sort=False):
+        mean, low, high, n = t_interval(group[column])
+        rows.append({"arm": arm, "step": step, "mean": mean, "low": mean if n < 2 else low,
+                     "high": mean if n < 2 else high, "n": n})
+    return pd.DataFrame(rows)
+
+
+def _band_plot(ax, table: pd.DataFrame, column: str):
+    for arm, band in seed_band(table, column).groupby("arm", sort=False):
+        style = arm_style(arm)
+        ax.plot(band["step"], band["mean"], label=f"{arm} (n={band['n'].max()})", markersize=5, **style)
+        if band["n"].max() > 1:
+            ax.fill_between(band["step"], band["low"], band["high"], color=style.get("color"), alpha=0.15, linewidth=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def comparison_curves(results):
+    """Every arm over training, mean over paired seeds with its 95% confidence band. Top: held-out
+    evaluations (the same prompts for every arm). Bottom: per training step, on the training rollouts."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    panels = [
+        (results.evaluation, "reward_mean", "held-out reward", "reward (reward-model score)"),
+        (results.evaluation, "perplexity", "held-out IMDB perplexity", "perplexity"),
+        (results.metrics, "kl_ref_exact", "KL to the arm's own reference (penalised)", "KL per token (nats)"),
+        (results.metrics, "kl_sft_exact", "KL to the SFT model (yardstick)", "KL per token (nats)"),
+        (results.metrics, "kl_base_exact", "KL to the base model (yardstick)", "KL per token (nats)"),
+        (results.metrics, "reward_mean", "training-batch reward (new prompts each step)",
+         "reward (reward-model score)"),
+    ]
+    for ax, (table, column, title, ylabel) in zip(axes.flat, panels):
+        if column in table:
+            _band_plot(ax, table, column)
+        ax.set(xlabel="PPO step", ylabel=ylabel, title=title)
+    axes[0, 0].legend(fontsize=8, loc="best")
+    fig.suptitle("Which reference model? Mean over paired seeds, shaded: 95% confidence interval")
+    fig.tight_layout()
+    return fig
+
+
+def penalty_alone(results):
+    """The reward switched off: only the KL penalty trains. Per step, KL to the base and perplexity."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, column, title, ylabel in [(axes[0], "kl_base_exact", "KL to the base model", "KL per token (nats)"),
+                                      (axes[1], "perplexity", "held-out IMDB perplexity", "perplexity")]:
+        _band_plot(ax, results.evaluation, column)
+        ax.set(xlabel="PPO step (reward off)", ylabel=ylabel, title=title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("The penalty alone pulls the policy towards its reference (mean, 95% band over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def frontier(results):
+    """Held-out reward against KL per token to the SFT model at each evaluation (mean over paired seeds;
+    the intervals are in `comparison_curves`): what each arm pays, in drift from the SFT model, for its reward."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    x, y = seed_band(results.evaluation, "kl_sft_exact"), seed_band(results.evaluation, "reward_mean")
+    both = x.merge(y, on=["arm", "step"], suffixes=("_x", "_y"))
+    for arm, rows in both.groupby("arm", sort=False):
+        style = arm_style(arm)
+        ax.plot(rows["mean_x"], rows["mean_y"], label=arm, color=style.get("color"), marker=style.get("marker") or "o",
+                linestyle=style.get("linestyle", "-"), alpha=0.8, markersize=5)
+        last = rows.iloc[-1]
+        ax.annotate(f"step {int(last['step'])}", (last["mean_x"], last["mean_y"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4), color=style.get("color"))
+    ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
+           ylabel="held-out reward (reward-model score)",
+           title="Reward–KL frontier: each arm from step 0 (left) to its last evaluation")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def memory_and_time(summary: pd.DataFrame):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    colors = [ARM_COLORS.get(a) for a in summary["arm"]]
+    """Per arm: weights held, memory grown while training (CPU RSS, or CUDA peak above the yardsticks),
+    and seconds per step (median, whiskers min-max over every seed's steps after the warm-up)."""
+    cuda = bool(summary["peak_cuda_bytes"].gt(0).any())
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    colors = [arm_style(a).get("color") for a in summary["arm"]]
     axes[0].barh(summary["arm"], summary["model_bytes"] / 2**20, color=colors)
-    axes[0].set(xlabel="MiB of weights the arm holds", title="memory: backbones + adapters + value head")
-    axes[1].barh(summary["arm"], summary["step_time_s"], color=colors)
-    axes[1].set(xlabel="seconds per PPO step", title="time")
+    axes[0].set(xlabel="MiB", title="weights held: backbones + adapters + value head")
+    grown = summary["peak_cuda_bytes"] if cuda else summary["rss_growth_bytes"]
+    axes[1].barh(summary["arm"], grown / 2**20, color=colors)
+    axes[1].set(xlabel="MiB", title="peak CUDA memory above the yardsticks" if cuda
+                else "resident memory grown while training (CPU RSS)")
+    t = summary["step_time_s"]
+    axes[2].barh(summary["arm"], t, color=colors,
+                 xerr=[t - summary["step_time_min_s"], summary["step_time_max_s"] - t], capsize=3)
+    axes[2].set(xlabel="seconds per PPO step", title="time: median, whiskers min–max (warm-up step excluded)")
     for ax in axes:
         ax.invert_yaxis()
+    for ax in axes[1:]:
+        ax.set_yticklabels([])
     fig.tight_layout()
     return fig

@@ -41,10 +41,19 @@ class Profile:
     ppo_mini_batch_size: int = 4
     ppo_lr: float = 1.41e-5
     response_len: tuple[int, int] = (4, 16)  # inclusive range a response length is drawn from
-    comparison_steps: int = 12  # PPO steps per arm in notebook 04
     eval_prompts: int = 32  # fixed held-out prompts of the evaluation during PPO (helpers.evaluation)
     eval_every: int = 5  # evaluate before the first update and after every eval_every updates
     eval_samples: int = 1  # responses per prompt at each evaluation (their mean is the prompt's reward)
+    # notebook 04: claim arms run `comparison_seeds` paired seeds of `comparison_steps` steps; the side arms
+    # (the copies, whose claim is exact equality, and stacked) run the first `comparison_side_seeds` seeds
+    # for `comparison_side_steps` steps (None: all); the penalty alone runs `penalty_steps` (0: skipped)
+    comparison_steps: int = 12
+    comparison_seeds: int = 3
+    comparison_side_seeds: int = 1
+    comparison_side_steps: int | None = None
+    comparison_eval_every: int = 4  # held-out evaluation at step 0, every k steps and after the last
+    comparison_eval_prompts: int = 32  # held-out prompts (and perplexity texts) of each 04 evaluation
+    penalty_steps: int = 6
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -75,9 +84,13 @@ PROFILES: dict[str, Profile] = {
             ppo_mini_batch_size=4,
             ppo_lr=1e-3,
             response_len=(4, 8),
-            comparison_steps=3,
             eval_prompts=8,
             eval_every=3,
+            comparison_steps=2,
+            comparison_seeds=2,
+            comparison_eval_every=2,
+            comparison_eval_prompts=8,
+            penalty_steps=2,
         ),
         Profile(
             name="smol",
@@ -96,8 +109,15 @@ PROFILES: dict[str, Profile] = {
             ppo_mini_batch_size=4,
             ppo_lr=5e-4,
             response_len=(4, 16),
-            comparison_steps=8,
             eval_prompts=32,
+            # 04 in about 13 min on 2 cores: 4 claim arms x 3 paired seeds x 6 steps, 3 side arms x 1 seed x 3
+            # steps, the penalty alone 2 arms x 3 seeds x 4 steps; 16 held-out prompts, evaluated every 3 steps
+            comparison_steps=6,
+            comparison_seeds=3,
+            comparison_side_steps=3,
+            comparison_eval_every=3,
+            comparison_eval_prompts=16,
+            penalty_steps=4,
         ),
         Profile(
             name="gpt-neo-125m",
@@ -114,8 +134,12 @@ PROFILES: dict[str, Profile] = {
             ppo_batch_size=64,
             ppo_mini_batch_size=16,
             ppo_lr=1.41e-5,
-            comparison_steps=40,
             eval_prompts=64,
+            comparison_steps=40,
+            comparison_seeds=5,
+            comparison_side_seeds=2,
+            comparison_eval_every=10,
+            penalty_steps=20,
         ),
         Profile(
             name="gpt-neox-20b",
@@ -135,8 +159,13 @@ PROFILES: dict[str, Profile] = {
             ppo_batch_size=32,
             ppo_mini_batch_size=4,
             ppo_lr=1.41e-5,
-            comparison_steps=30,
             eval_prompts=64,
+            comparison_steps=30,
+            comparison_seeds=3,
+            comparison_side_seeds=1,
+            comparison_side_steps=10,
+            comparison_eval_every=10,
+            penalty_steps=10,
         ),
     ]
 }
