@@ -1,6 +1,11 @@
 # Two commands do all the set-up themselves:
 #   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 04 with papermill
 #   make test                                          install and run the test suite
+# and, around them:
+#   make lab [LAB_PORT=8888] [LAB_ARGS=--no-browser]   JupyterLab on notebooks/ (installs it if missing)
+#   make publish                                       executed smol notebooks -> docs/notebooks/
+#   make test-latest                                   the tests against the newest transformers, peft, trl
+#                                                      and bitsandbytes, in a separate venv (.venv-latest)
 PYTHON     ?= python3
 VENV       ?= .venv
 PROFILE    ?= smol
@@ -15,7 +20,11 @@ TORCH_INDEX ?=
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install tutorial test clean
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+LATEST_VENV ?= .venv-latest
+
+.PHONY: install tutorial test lab publish test-latest clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -35,5 +44,20 @@ tutorial: install
 test: install
 	$(PY) -m pytest -q tests
 
+# jupyter refuses to run as root without --allow-root (containers, CI)
+lab: install
+	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PIP) install -q -c constraints.txt -e ".[dev,lab]"
+	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks --port=$(LAB_PORT) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+publish: install
+	$(PY) -m helpers.publish $(OUTPUT_DIR)/$(PROFILE)/notebooks docs/notebooks
+
+test-latest:
+	$(MAKE) install VENV=$(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade transformers peft trl bitsandbytes
+	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes) "
+	$(LATEST_VENV)/bin/python -m pytest -q tests
+
 clean:
-	rm -rf $(VENV) $(OUTPUT_DIR)
+	rm -rf $(VENV) $(LATEST_VENV) $(OUTPUT_DIR)

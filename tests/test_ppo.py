@@ -1,5 +1,6 @@
 """The PPO loop and the reference strategies on `tiny`."""
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -218,8 +219,7 @@ def test_the_loop_learns_a_verifiable_reward(tiny, tokenizer):
 def test_quantized_backbone(bits, tiny, tokenizer, queries, tmp_path):
     """What matters on an 8-bit/4-bit backbone: the frozen model (adapters disabled) computes the same
     logits after PPO steps as before, no base parameter receives a gradient, and the LoRA does train.
-    (bitsandbytes' CPU 4-bit backend repacks its weights in place on the first forward, so the raw
-    state_dict is no yardstick.)"""
+    (The raw state_dict is no yardstick: bitsandbytes' CPU 4-bit backend repacks weights in place.)"""
     base = load_model(tiny, quantize=bits)
     policy = new_lora(base, tiny)
     head = ValueHead(base.config.hidden_size)
@@ -229,15 +229,25 @@ def test_quantized_backbone(bits, tiny, tokenizer, queries, tmp_path):
         with torch.no_grad(), policy.disable_adapter():
             return policy(input_ids=ids).logits
 
-    before, lora_before = frozen_logits(), {k: v.clone() for k, v in policy.state_dict().items() if "lora_" in k}
+    # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a faster kernel (bf16 absmax) at the
+    # first no-grad forward in eval mode, and `state_dict()` unpacks it again: the frozen logits depend on
+    # which form the weight is in. So: one warm-up step, no state_dict() until the comparison is made, and
+    # frozen forwards until two in a row agree.
+    config = config_from_profile(tiny, steps=1)
+    first = train(policy, head, DisabledAdapters(policy), tokenizer, queries, vader_reward(), config, progress=False)
+    assert abs(first.kl_ref_exact[0]) < 1e-5
+    before = frozen_logits()
+    for _ in range(5):
+        before, previous = frozen_logits(), before
+        if torch.equal(before, previous):
+            break
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
     metrics = train(policy, head, DisabledAdapters(policy), tokenizer, queries, vader_reward(),
-                    config_from_profile(tiny, steps=2), progress=False)
-    assert abs(metrics.kl_ref_exact[0]) < 1e-5
+                    dataclasses.replace(config, steps=2, seed=1), progress=False)
     assert metrics.drop(columns=TIMING).notna().all().all()
     assert torch.equal(frozen_logits(), before)
     assert not [n for n, p in policy.named_parameters() if "lora_" not in n and p.grad is not None]
-    after = policy.state_dict()
-    assert any(not torch.equal(v, after[k]) for k, v in lora_before.items())
+    assert any(not torch.equal(p, lora_before[n]) for n, p in policy.named_parameters() if "lora_" in n)
     saved = save_ppo(policy, head, tmp_path / "adapter")
     assert {"adapter_config.json", "adapter_model.safetensors", "value_head.safetensors"} <= {f.name for f in saved.iterdir()}
 

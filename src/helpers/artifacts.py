@@ -1,6 +1,7 @@
 """Where each notebook writes, and how: atomically, so an interrupted run leaves nothing half-written.
 
-Layout (see the README): `<output_dir>/<profile>/<stage>/...`, one stage folder per notebook.
+Layout (see the README): `<output_dir>/<profile>/<stage>/...`, one stage folder per notebook. There is one
+output folder, whoever runs the notebooks: see `output_dir`.
 """
 
 from __future__ import annotations
@@ -25,14 +26,30 @@ class MissingArtifactError(FileNotFoundError):
     """An input a notebook needs has not been made yet; the message names the notebook that makes it."""
 
 
-def output_dir(default: str | os.PathLike | None = None) -> Path:
-    return Path(default or os.environ.get("OUTPUT_DIR") or "outputs")
+def project_root() -> Path | None:
+    """The source checkout this package runs from (the folder with pyproject.toml and notebooks/), or None
+    when it was installed from git or a wheel (Colab), where there is no project folder."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 
 
-def stage_dir(out: str | os.PathLike, profile: str, stage: str) -> Path:
+def output_dir(value: str | os.PathLike | None = None) -> Path:
+    """The output folder: `value` if given, else $OUTPUT_DIR, else `outputs`.
+
+    A relative path is taken from the project root, not from the working directory, so that a notebook
+    opened in JupyterLab (working directory notebooks/), `make tutorial` (the project root) and a script run
+    from anywhere read and write the same artifacts. Without a project root (the package installed from
+    git, as on Colab) it is taken from the working directory: /content/outputs on Colab.
+    """
+    chosen = Path(value or os.environ.get("OUTPUT_DIR") or "outputs").expanduser()
+    return chosen if chosen.is_absolute() else (project_root() or Path.cwd()) / chosen
+
+
+def stage_dir(out: str | os.PathLike | None, profile: str, stage: str) -> Path:
+    """`<output_dir(out)>/<profile>/<stage>`; `out=None` is the default output folder."""
     if stage not in STAGES and stage != "figures":
         raise ValueError(f"Unknown stage {stage!r}; valid: {', '.join([*STAGES, 'figures'])}")
-    return Path(out) / profile / stage
+    return output_dir(out) / profile / stage
 
 
 def require(path: str | os.PathLike, stage: str, profile: str) -> Path:

@@ -412,19 +412,6 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
-def sample_and_score(policy, tokenizer, queries, reward_fn, response_len: tuple[int, int], seed: int = 0) -> pd.DataFrame:
-    """Responses to `queries` sampled as in training (fixed seed), with their rewards: for before/after tables."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(response_len[0], response_len[1] + 1, size=len(queries)).tolist()
-    torch.manual_seed(seed)
-    policy.eval()
-    ro = rollout(policy, tokenizer, queries, lengths)
-    scores = reward_fn(ro.texts)
-    query_texts = [tokenizer.decode(q, skip_special_tokens=True) for q in queries]
-    return pd.DataFrame({"query": query_texts, "response": ro.responses, "reward": scores.tolist()})
-
-
 def save_ppo(policy, value_head: ValueHead, destination, adapter_name: str = "ppo"):
     """The PPO adapter (safetensors, loadable with peft onto the merged model) and the value head, in one
     atomic step."""

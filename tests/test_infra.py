@@ -1,0 +1,133 @@
+"""Project plumbing: which library messages `import helpers` hides (only named ones) and where outputs go."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+SHOW_WARNINGS = """
+import logging, warnings
+import helpers
+warnings.warn("peft: a warning a learner should see", UserWarning)
+warnings.warn("a FutureWarning a learner should see", FutureWarning)
+warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+logging.getLogger("transformers.modeling_utils").warning("transformers: a logged warning a learner should see")
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from kernels-community: x")
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("bitsandbytes: another warning")
+"""
+
+
+def test_import_helpers_hides_only_the_named_messages():
+    result = subprocess.run([sys.executable, "-W", "default", "-c", SHOW_WARNINGS], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for visible in ("peft: a warning", "a FutureWarning a learner", "transformers: a logged warning",
+                    "bitsandbytes: another warning"):
+        assert visible in result.stderr, (visible, result.stderr[-2000:])
+    assert "is_gradient_checkpointing" not in result.stderr and "gemm_4bit_forward" not in result.stderr
+
+
+def test_one_output_folder_whatever_the_working_directory(monkeypatch, tmp_path):
+    """JupyterLab runs a notebook in notebooks/, `make tutorial` in the project root: the same folder."""
+    from helpers import artifacts
+    from helpers.artifacts import output_dir, stage_dir
+
+    monkeypatch.delenv("OUTPUT_DIR", raising=False)
+    found = {}
+    for cwd in (ROOT, ROOT / "notebooks", tmp_path):
+        monkeypatch.chdir(cwd)
+        found[cwd] = (output_dir(), output_dir("elsewhere"), stage_dir(None, "tiny", "01_sft"))
+    assert set(found.values()) == {(ROOT / "outputs", ROOT / "elsewhere", ROOT / "outputs" / "tiny" / "01_sft")}
+    monkeypatch.setenv("OUTPUT_DIR", "from-env")  # the environment variable wins over the default...
+    assert output_dir() == ROOT / "from-env" and output_dir(None) == ROOT / "from-env"
+    assert output_dir(tmp_path) == tmp_path  # ...and an explicit value (papermill's parameter) over both
+    monkeypatch.setattr(artifacts, "project_root", lambda: None)  # installed from git, as on Colab
+    assert output_dir() == tmp_path / "from-env"  # the working directory (checked last: tmp_path)
+
+
+def test_notebooks_default_to_the_shared_output_folder():
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        parameters = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert "\nOUTPUT_DIR = None" in parameters.source, path.name  # resolved by helpers.artifacts.output_dir
+
+
+def test_a_repeated_bitsandbytes_notice_is_shown_once():
+    code = ("import logging, helpers\nlog = logging.getLogger('bitsandbytes.autograd._functions')\n"
+            "for _ in range(3): log.warning('MatMul8bitLt: inputs will be cast from %s to float16', 'fp32')\n"
+            "log.warning('another bitsandbytes warning')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stderr.count("MatMul8bitLt") == 1 and "another bitsandbytes warning" in result.stderr, result.stderr
+
+
+def test_publish_merges_progress_frames_and_needs_a_run(tmp_path):
+    import nbformat
+    import pytest
+
+    from helpers.publish import final_frame, publish, slim
+
+    assert final_frame("\r 0%|\r 50%|\r100%|\nsaved\n") == "100%|\nsaved\n"
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}})
+    nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="\rPPO: 0%"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rPPO: 100%\n"),
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}),
+        nbformat.v4.new_output("stream", name="stdout", text="done\n")])]
+    outputs = slim(nb).cells[0].outputs
+    assert [(o.name, o.text) for o in outputs] == [("stderr", "PPO: 100%\n"), ("stdout", "done\n")]
+    assert "widgets" not in nb.metadata
+    with pytest.raises(SystemExit, match="make tutorial PROFILE=smol"):
+        publish(tmp_path / "nothing-here", tmp_path / "docs")
+
+
+def test_colab_installs_the_tag_of_this_version_and_environment_yml_matches():
+    import re
+
+    import nbformat
+    import yaml
+
+    pyproject = (ROOT / "pyproject.toml").read_text()  # read with re: tomllib needs Python 3.11
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    extras = re.findall(r"^(\w+) = \[", pyproject.split("[project.optional-dependencies]")[1].split("\n[")[0], re.M)
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        setup = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1]
+        assert f'lora-rlhf-tutorial@v{version}"' in setup.source, path.name
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(extras) == ["dev", "lab"] and f"-e .[{','.join(sorted(extras))}]" in pip
+    assert "-c constraints.txt" in pip  # the same pins as `make install`
+    assert '"ipywidgets' in pyproject.split("dependencies = [")[1].split("]")[0]
+
+
+def test_ci_workflow_runs_the_readme_commands():
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert {"push", "pull_request", "schedule"} <= set(triggers)
+    runs = {job: [s["run"].split()[:2] for s in spec["steps"] if "run" in s] for job, spec in workflow["jobs"].items()}
+    assert runs == {"test": [["make", "test"]], "test-latest": [["make", "test-latest"]]}
+    readme = (ROOT / "README.md").read_text()
+    assert "make test-latest" in readme and "make test" in readme
+    caches = [s["with"]["path"] for spec in workflow["jobs"].values() for s in spec["steps"]
+              if s.get("uses", "").startswith("actions/cache")]
+    assert caches and all(p == "~/.cache/lora-rlhf-tutorial" for p in caches)
+
+
+def test_which_arm_table_is_the_same_in_the_readme_and_in_notebook_04():
+    import nbformat
+
+    from helpers.compare import ARMS
+
+    def rows(text):
+        start = text.index("| framework | what it does | arm |")
+        return [line for line in text[start:].splitlines()[2:] if line.startswith("|")][:20]
+
+    last = nbformat.read(ROOT / "notebooks" / "04_reference_model_comparison.ipynb", as_version=4).cells[-1]
+    assert last.cell_type == "markdown" and "Which arm is my framework?" in last.source
+    table = rows(last.source)
+    readme_table = rows((ROOT / "README.md").read_text())
+    assert table == readme_table[:len(table)] and len(table) >= 9
+    named = {arm for row in table for arm in ARMS if f"`{arm}`" in row}
+    assert named == {"adapter+ref-adapter", "adapter+disabled", "merged+disabled", "adapter+copy", "merged+copy"}
