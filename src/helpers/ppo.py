@@ -434,6 +434,6 @@ def save_ppo(policy, value_head: ValueHead, destination, adapter_name: str = "pp
 def config_from_profile(profile, **overrides) -> PPOConfig:
     """The profile's PPO settings on top of the original example's defaults."""
     config = PPOConfig(steps=profile.ppo_steps, batch_size=profile.ppo_batch_size,
-                       mini_batch_size=profile.ppo_mini_batch_size, learning_rate=profile.ppo_lr,
-                       response_len=tuple(profile.response_len))
+                       mini_batch_size=profile.ppo_mini_batch_size, ppo_epochs=profile.ppo_epochs,
+                       learning_rate=profile.ppo_lr, response_len=tuple(profile.response_len))
     return PPOConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})
