@@ -43,7 +43,7 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(profile_name: str, steps: int, repeats: int) -> dict:
+def bench(profile_name: str, steps: int, repeats: int, **overrides) -> dict:
     profile = get_profile(profile_name)
     merged_dir = require(stage_dir(output_dir(), profile.name, "02_merge") / "model", "02_merge", profile.name)
     model = load_model(profile, merged_dir, quantize="8bit" if profile.load_in_8bit else None)
@@ -51,7 +51,7 @@ def bench(profile_name: str, steps: int, repeats: int) -> dict:
     policy = new_lora(model, profile)
     value_head = ValueHead(model.config.hidden_size).to(policy.device)
     reference = DisabledAdapters(policy)
-    config = config_from_profile(profile, steps=steps + 1)
+    config = config_from_profile(profile, steps=steps + 1, **overrides)
     queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=config.steps * config.batch_size, seed=0)
     reward = load_reward(profile)
 
@@ -92,10 +92,14 @@ def main():
     parser.add_argument("--profile", action="append", help="profile(s) to measure (default: tiny and smol)")
     parser.add_argument("--steps", type=int, default=4, help="PPO steps timed after one warm-up step")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each floor measurement")
+    parser.add_argument("--batch", type=int, help="rollouts per step (default: the profile's)")
+    parser.add_argument("--mini-batch", type=int, help="minibatch size (default: the profile's)")
+    parser.add_argument("--epochs", type=int, help="PPO epochs (default: the profile's)")
     args = parser.parse_args()
+    overrides = dict(batch_size=args.batch, mini_batch_size=args.mini_batch, ppo_epochs=args.epochs)
     import pandas as pd
 
-    rows = [bench(name, args.steps, args.repeats) for name in args.profile or ["tiny", "smol"]]
+    rows = [bench(name, args.steps, args.repeats, **overrides) for name in args.profile or ["tiny", "smol"]]
     import platform
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
