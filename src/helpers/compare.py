@@ -33,7 +33,7 @@ import torch
 from peft import PeftModel
 
 from .artifacts import atomic_dir, read_json, require, stage_dir, write_csv, write_json
-from .evaluation import Evaluator
+from .evaluation import Evaluator, t_interval  # noqa: F401  (t_interval: also part of this module's API)
 from .merge import load_adapter
 from .models import PPO_ADAPTER, load_model, model_bytes, new_lora, ppo_lora_config
 from .ppo import PPOConfig, ValueHead, train, trainable_parameters
@@ -482,18 +482,6 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- verdicts from paired seeds --------------------------------------------------------------------------
-
-
-def t_interval(values) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): the 95% t-interval of the mean; low = high = NaN for fewer than 2 values."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    n, mean = len(x), float(np.mean(x)) if len(x) else math.nan
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    half = stats.t.ppf(0.975, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half, n
 
 
 def seeds_needed(values, cap: int = 10_000) -> int | None:

@@ -93,13 +93,22 @@ class Evaluator:
 def paired_gain(samples: pd.DataFrame, before: int, after: int) -> dict:
     """Mean per-prompt reward difference between two evaluations of the same prompts, its standard error
     and 95% interval (t over prompts), and how many standard errors it is from zero."""
-    from scipy import stats
-
     per_prompt = samples.groupby(["step", "prompt"])["reward"].mean().unstack("step")
     diff = (per_prompt[after] - per_prompt[before]).to_numpy()
-    n = len(diff)
+    mean, low, high, n = t_interval(diff)
     se = diff.std(ddof=1) / math.sqrt(n)
-    half = stats.t.ppf(0.975, n - 1) * se
-    mean = diff.mean()
     return {"prompts": n, "before": per_prompt[before].mean(), "after": per_prompt[after].mean(), "gain": mean,
-            "se": se, "ci_low": mean - half, "ci_high": mean + half, "z": mean / se if se > 0 else float("inf")}
+            "se": se, "ci_low": low, "ci_high": high, "z": mean / se if se > 0 else float("inf")}
+
+
+def t_interval(values) -> tuple[float, float, float, int]:
+    """(mean, low, high, n): the 95% t-interval of the mean; low = high = NaN for fewer than 2 values."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    n, mean = len(x), float(np.mean(x)) if len(x) else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    half = stats.t.ppf(0.975, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+

@@ -70,7 +70,7 @@ def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, ti
 
 def seed_band(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per arm and step: mean over seeds and its 95% t-interval (low = high = mean for one seed)."""
-    from .compare import t_interval
+    from .evaluation import t_interval
 
     rows = []
     for (arm, step), group in table.dropna(subset=[column]).groupby(["arm", "step"], sort=False):
