@@ -1,6 +1,7 @@
 """The reference-model comparison (notebook 04): the verdict logic on synthetic tables, what the `tiny`
 run wrote (seeds, pairing, controls, memory), resume by fingerprint, and an 8-bit profile."""
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from helpers.artifacts import stage_dir
-from helpers.compare import (ARMS, Plan, Results, build_arm, findings, plan_from_profile, run_comparison,
-                             seed_queries, verdict, yardsticks)
+from helpers.compare import (ARMS, Plan, Results, build_arm, comparison_configs, findings, plan_from_profile,
+                             run_comparison, seed_queries, verdict, yardsticks)
 from helpers.data import load_imdb, ppo_queries
 from helpers.models import is_quantized, load_tokenizer
 from helpers.ppo import config_from_profile
@@ -106,12 +107,17 @@ def test_every_arm_ran_its_seeds_with_the_required_columns(tables, tiny):
     plan = plan_from_profile(tiny)
     summary, runs = tables["summary"], tables["runs"]
     assert list(summary.arm) == list(ARMS)
-    for column in ["arm", "step", "reward_mean", "kl_ref", "kl_sft", "kl_base", "kl_coef", "step_time_s"]:
+    for column in ["arm", "step", "reward_mean", "kl_ref", "kl_ref_exact", "kl_coef", "step_time_s"]:
         assert column in tables["metrics"].columns
     for column in ["arm", "backbones", "model_bytes", "trainable_params", "peak_cuda_bytes", "step_time_min_s"]:
         assert column in summary.columns
     for column in ["reward_mean", "kl_ref_exact", "kl_sft_exact", "kl_base_exact", "perplexity"]:
         assert column in tables["evaluation"].columns
+    e = tables["evaluation"]
+    due = {0, plan.steps, *range(plan.eval_every, plan.steps + 1, plan.eval_every)}
+    assert set(e[(e.study == "main") & (e.arm == "merged+disabled")].step) == due
+    due = {0, plan.penalty_steps, *range(plan.penalty_eval_every, plan.penalty_steps + 1, plan.penalty_eval_every)}
+    assert set(e[e.study == "penalty"].step) == due
     main = runs[runs.study == "main"]
     for arm in ARMS:
         assert sorted(main[main.arm == arm].seed) == (plan.seeds if ARMS[arm].claim else plan.side_seeds)
@@ -148,16 +154,28 @@ def test_kl_at_step_0(tables):
     assert others.kl_ref.abs().max() < 1e-4 and others.kl_ref_exact.abs().max() < 1e-4
     pit = first[first.arm == "adapter+disabled"]
     assert (pit.kl_ref_exact > 1e-2).all()  # KL(SFT || base)
-    np.testing.assert_allclose(pit.kl_ref_exact, pit.kl_base_exact, rtol=1e-4)  # the reference is the base
-    assert pit.kl_sft_exact.abs().max() < 1e-4  # the policy is still the SFT model
+    e = tables["evaluation"]
+    held = e[(e.step == 0) & (e.study == "main")].set_index(["arm", "seed"])
+    assert held.loc["adapter+disabled"].kl_sft_exact.abs().max() < 1e-4  # the policy is still the SFT model
+    assert (held.loc["adapter+disabled"].kl_base_exact > 1e-2).all()
+    # the same policy, prompts and seed as its control: the same held-out numbers until the reference acts
+    np.testing.assert_allclose(held.loc["adapter+disabled"].kl_ref_exact, held.loc["adapter+disabled"].kl_base_exact,
+                               rtol=1e-4)  # the reference is the base
+    columns = ["reward_mean", "kl_sft_exact", "kl_base_exact", "perplexity"]
+    pd.testing.assert_frame_equal(held.loc["adapter+disabled"][columns], held.loc["adapter+ref-adapter"][columns])
 
 
 @pytest.mark.slow
 def test_explicit_copy_equals_disabled_after_merging(tables):
     metrics = tables["metrics"]
-    columns = ["reward_mean", "kl_ref", "kl_ref_exact", "kl_sft", "kl_base", "kl_coef", "policy_loss", "value_loss"]
+    columns = ["reward_mean", "kl_ref", "kl_ref_exact", "kl_coef", "policy_loss", "value_loss"]
     copy = metrics[(metrics.arm == "merged+copy")].set_index(["seed", "step"])[columns]
     twin = metrics[(metrics.arm == "merged+disabled") & (metrics.study == "main")].set_index(["seed", "step"])[columns]
+    assert len(copy) > 1
+    pd.testing.assert_frame_equal(copy, twin.loc[copy.index], atol=1e-5, rtol=1e-4)
+    e, columns = tables["evaluation"], ["reward_mean", "kl_sft_exact", "kl_base_exact", "perplexity"]
+    copy = e[e.arm == "merged+copy"].set_index(["seed", "step"])[columns]
+    twin = e[(e.arm == "merged+disabled") & (e.study == "main")].set_index(["seed", "step"])[columns]
     assert len(copy) > 1
     pd.testing.assert_frame_equal(copy, twin.loc[copy.index], atol=1e-5, rtol=1e-4)
 
@@ -232,6 +250,41 @@ def test_resume_reruns_exactly_when_something_that_decides_the_results_changed(t
     assert "settings changed (sft_adapter:" in said
 
 
+def test_each_study_runs_its_own_ppo_settings():
+    """smol: the reward-on runs take 04's cheaper batch with as many optimizer updates per step as 03; the
+    penalty alone keeps 03's batch."""
+    from helpers import get_profile
+
+    smol = get_profile("smol")
+    plan = plan_from_profile(smol)
+    configs, ppo = comparison_configs(smol, plan), config_from_profile(smol)
+    main, penalty = configs["main"], configs["penalty"]
+    assert (main.batch_size, main.mini_batch_size, main.steps) == (8, 4, plan.steps)
+    assert (penalty.batch_size, penalty.mini_batch_size, penalty.steps) == (16, 8, plan.penalty_steps)
+
+    def updates(c):
+        return c.batch_size // c.mini_batch_size * c.ppo_epochs
+
+    assert updates(main) == updates(ppo) == updates(penalty)
+    assert main.learning_rate == penalty.learning_rate == ppo.learning_rate
+
+
+@pytest.mark.slow
+def test_a_study_runs_with_its_own_config(tiny, fresh_outputs):
+    tokenizer = load_tokenizer(stage_dir(fresh_outputs, "tiny", "02_merge") / "model")
+    queries = ppo_queries(load_imdb(tiny)["train"]["text"], tokenizer, n=8, seed=0)
+    plan = Plan(["adapter+disabled"], [0], [0], steps=1, side_steps=1, eval_every=1, penalty_steps=1)
+    configs = {"main": config_from_profile(tiny, steps=1, batch_size=2, mini_batch_size=2),
+               "penalty": config_from_profile(tiny, steps=1, batch_size=4, mini_batch_size=2)}
+    run_comparison(tiny, fresh_outputs, tokenizer, queries, queries[:2], vader_reward(), configs, plan, progress=False)
+    runs = stage_dir(fresh_outputs, "tiny", "04_comparison") / "runs"
+    for study, batch in [("main", 2), ("penalty", 4)]:
+        fingerprint = json.loads((runs / study / "adapter+disabled" / "seed0" / "fingerprint.json").read_text())
+        assert fingerprint["ppo"]["batch_size"] == batch
+    metrics = pd.read_csv(stage_dir(fresh_outputs, "tiny", "04_comparison") / "metrics.csv")
+    assert set(metrics.study) == {"main", "penalty"}
+
+
 @pytest.mark.slow
 def test_missing_inputs_name_the_notebook_to_run_first(tiny, tmp_path):
     from helpers.artifacts import MissingArtifactError
@@ -283,7 +336,7 @@ def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectu
     plan = Plan(["merged+disabled"], [0], [0], steps=2, side_steps=2, eval_every=2, penalty_steps=0)
     results = run_comparison(profile, tmp_path, tokenizer, queries, queries[:4], vader_reward(),
                              config_from_profile(profile, steps=2), plan, progress=False)
-    assert len(results.metrics) == 2 and torch.isfinite(torch.tensor(results.metrics.kl_sft_exact.values)).all()
+    assert len(results.metrics) == 2 and torch.isfinite(torch.tensor(results.evaluation.kl_sft_exact.values)).all()
     fingerprint = (stage_dir(tmp_path, profile.name, "04_comparison") / "runs" / "main" / "merged+disabled" /
                    "seed0" / "fingerprint.json").read_text()
     assert '"quantization": "8bit"' in fingerprint

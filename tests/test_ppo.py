@@ -11,6 +11,7 @@ from peft import get_peft_model
 from helpers.artifacts import stage_dir
 from helpers.compare import ARMS, build_arm, yardsticks
 from helpers.data import load_imdb, ppo_queries
+from helpers.evaluation import Evaluator
 from helpers.merge import merge_adapter, save_merged
 from helpers.models import load_model, lora_config, new_lora
 from helpers.ppo import (NonFiniteError, ValueHead, config_from_profile, eos_token_ids, generate_own_distribution,
@@ -45,26 +46,26 @@ def arm(name, tiny, out):
     return build_arm(name, tiny, stage_dir(out, "tiny", "01_sft") / "adapter", stage_dir(out, "tiny", "02_merge") / "model")
 
 
-def run_arm(name, tiny, out, tokenizer, queries, steps=1, **overrides):
+def run_arm(name, tiny, out, tokenizer, queries, steps=1, evaluator=None, **overrides):
     a = arm(name, tiny, out)
     config = config_from_profile(tiny, steps=steps, **overrides)
-    sticks = yardsticks(tiny, stage_dir(out, "tiny", "02_merge") / "model")
     return a, train(a.policy, a.value_head, a.reference, tokenizer, queries, vader_reward(), config,
-                    yardsticks=sticks, progress=False)
+                    evaluator=evaluator, progress=False)
 
 
 @pytest.mark.parametrize("name", list(ARMS))
 def test_kl_at_step_0(name, tiny, sft_outputs, tokenizer, queries):
     """Zero wherever the reference equals the initial policy; KL(SFT || base) where it does not."""
-    _, metrics = run_arm(name, tiny, sft_outputs, tokenizer, queries)
-    first = metrics.iloc[0]
+    sticks = yardsticks(tiny, stage_dir(sft_outputs, "tiny", "02_merge") / "model")
+    evaluator = Evaluator(tokenizer, queries[:4], vader_reward(), tiny.response_len, every=1, yardsticks=sticks)
+    _, metrics = run_arm(name, tiny, sft_outputs, tokenizer, queries, evaluator=evaluator)
+    first, held_out = metrics.iloc[0], evaluator.table().iloc[0]  # both before the first update
     if name == "adapter+disabled":
-        assert first.kl_ref_exact > 1e-3
-        assert first.kl_ref_exact == pytest.approx(first.kl_base_exact, rel=1e-4)  # the reference IS the base
-        assert first.kl_ref == pytest.approx(first.kl_base, rel=1e-4, abs=1e-5)
-        assert abs(first.kl_sft_exact) < 1e-5
+        assert first.kl_ref_exact > 1e-3 and held_out.kl_ref_exact > 1e-3
+        assert held_out.kl_ref_exact == pytest.approx(held_out.kl_base_exact, rel=1e-4)  # the reference IS the base
+        assert abs(held_out.kl_sft_exact) < 1e-5
     else:
-        assert abs(first.kl_ref) < 1e-5 and abs(first.kl_ref_exact) < 1e-5
+        assert abs(first.kl_ref) < 1e-5 and abs(first.kl_ref_exact) < 1e-5 and abs(held_out.kl_ref_exact) < 1e-5
 
 
 def test_only_lora_and_value_head_change(tiny, sft_outputs, tokenizer, queries):
@@ -99,7 +100,7 @@ def test_metrics_table_has_one_row_per_step(tiny, sft_outputs, tokenizer, querie
     _, metrics = run_arm("merged+disabled", tiny, sft_outputs, tokenizer, queries, steps=3)
     assert list(metrics.step) == [0, 1, 2]
     for column in ["reward_mean", "reward_std", "kl_ref", "kl_ref_exact", "kl_coef", "entropy", "policy_loss",
-                   "value_loss", "clipfrac", "approx_kl", "response_len", *TIMING, "kl_sft", "kl_base"]:
+                   "value_loss", "clipfrac", "approx_kl", "response_len", *TIMING]:
         assert column in metrics.columns, column
     assert metrics.response_len.between(1, tiny.response_len[1]).all()
     # the adaptive controller, step by step: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * batch / horizon
@@ -116,6 +117,24 @@ def test_responses_respect_drawn_lengths(tiny, tokenizer, queries, tiny_base):
     assert (ro.response_mask.sum(1) <= lengths).all() and (ro.response_mask.sum(1) >= 1).all()
     assert ro.input_ids.shape[1] == ro.query_len + ro.response_mask.shape[1]
     assert all(t.startswith(tokenizer.decode(q, skip_special_tokens=True)) for t, q in zip(ro.texts, queries))
+
+
+def test_kept_logits_are_the_forward_pass_the_evaluation_saves(tiny, tokenizer, queries, tiny_base):
+    """`keep_logits` gives what `response_forward` computes at the response positions (generation reuses a
+    KV cache: float rounding only), and draws the same samples as a rollout without it."""
+    from helpers.models import response_forward
+
+    lengths = [3, 8, 5, 8]
+    torch.manual_seed(0)
+    kept = rollout(tiny_base, tokenizer, queries[:4], lengths, keep_logits=True)
+    torch.manual_seed(0)
+    plain = rollout(tiny_base, tokenizer, queries[:4], lengths)
+    assert torch.equal(kept.input_ids, plain.input_ids) and plain.logits is None
+    with torch.no_grad():
+        again = response_forward(tiny_base, *kept.rows(slice(None)))[0]
+    assert kept.logits.shape == again.shape
+    mask = kept.response_mask.bool()
+    torch.testing.assert_close(kept.logits[mask], again[mask], atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 An *arm* is (what the policy is, what the reference is). Every arm runs with the same prompts, reward,
 steps and hyperparameters, over several seeds that are paired across arms: seed k gives every arm the
-same training-prompt order, the same rollout sampling seed and the same held-out evaluation. Each step
-also measures, on the same rollouts, KL to two fixed frozen yardsticks, the SFT model (`kl_sft`) and the
-base model (`kl_base`), so arms with different references compare on one axis. Yardsticks are held
-outside the arm and kept out of its memory figure.
+same training-prompt order, the same rollout sampling seed and the same held-out evaluation. Each
+evaluation measures, on the same held-out prompts for every arm, KL to two fixed frozen yardsticks, the
+SFT model (`kl_sft_exact`) and the base model (`kl_base_exact`), so arms with different references
+compare on one axis. Yardsticks are held outside the arm and kept out of its memory figure.
 
 A claim is judged against the arm that differs from it in one thing only (its *control*), from the
 per-seed differences: mean, 95% t-interval, and a verdict ("as expected", "differs", "inconclusive").
@@ -36,7 +36,7 @@ from .artifacts import atomic_dir, read_json, require, stage_dir, write_csv, wri
 from .evaluation import Evaluator, t_interval  # noqa: F401  (t_interval: also part of this module's API)
 from .merge import load_adapter
 from .models import PPO_ADAPTER, load_model, model_bytes, new_lora, ppo_lora_config
-from .ppo import PPOConfig, ValueHead, train, trainable_parameters
+from .ppo import PPOConfig, ValueHead, config_from_profile, train, trainable_parameters
 from .profiles import Profile
 from .reference import DisabledAdapters, FrozenAdapter, FrozenModel, Reference
 
@@ -218,6 +218,7 @@ class Plan:
     side_steps: int
     eval_every: int
     penalty_steps: int  # the penalty alone (reward off) for PENALTY_ARMS; 0 skips it
+    penalty_eval_every: int = 1
 
     def runs(self) -> list[tuple[str, str, int, int]]:
         """(study, arm, seed, steps) for every run, in the order they are run."""
@@ -239,7 +240,18 @@ def plan_from_profile(profile: Profile, arms: list[str] | None = None, seed: int
                 side_seeds=all_seeds[: min(n, profile.comparison_side_seeds)],
                 steps=steps, side_steps=min(steps, profile.comparison_side_steps or steps),
                 eval_every=profile.comparison_eval_every,
-                penalty_steps=profile.penalty_steps if penalty_steps is None else penalty_steps)
+                penalty_steps=profile.penalty_steps if penalty_steps is None else penalty_steps,
+                penalty_eval_every=profile.penalty_eval_every)
+
+
+def comparison_configs(profile: Profile, plan: Plan) -> dict[str, PPOConfig]:
+    """The PPO settings of each study, the same for every arm: the reward-on runs ("main") take 04's own
+    batch where the profile gives one (cheaper steps, as many optimizer updates); the penalty alone keeps
+    03's batch: with no reward its only signal is the KL penalty, and the critic's noise drowns it in
+    small minibatches (smol, 3 seeds: 8 rollouts in minibatches of 4 left its pull inconclusive)."""
+    return {"main": config_from_profile(profile, steps=plan.steps, batch_size=profile.comparison_batch_size,
+                                        mini_batch_size=profile.comparison_mini_batch_size),
+            "penalty": config_from_profile(profile, steps=plan.penalty_steps)}
 
 
 def seed_queries(queries: list[list[int]], seed: int) -> list[list[int]]:
@@ -342,16 +354,13 @@ class RssPeak:
 
 
 class _Unmeasured:
-    """A yardstick or evaluator whose calls the arm's RSS peak leaves out."""
+    """An evaluator (with its yardsticks) whose calls the arm's RSS peak leaves out."""
 
     def __init__(self, inner, rss: RssPeak):
         self.inner, self.rss = inner, rss
 
     def __call__(self, *args, **kwargs):
         return self.rss.unmeasured(self.inner)(*args, **kwargs)
-
-    def logits(self, *args, **kwargs):
-        return self.rss.unmeasured(self.inner.logits)(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -371,9 +380,8 @@ def run_one(name: str, seed: int, steps: int, sources: Sources, tokenizer, queri
     evaluator = Evaluator(tokenizer, reward_fn=eval_settings["reward_fn"], seed=seed, yardsticks=sticks,
                           **{k: v for k, v in eval_settings.items() if k != "reward_fn"})
     with RssPeak() as rss:
-        sticks = {k: _Unmeasured(v, rss) for k, v in sticks.items()}
         metrics = train(arm.policy, arm.value_head, arm.reference, tokenizer, seed_queries(queries, seed), reward_fn,
-                        config, yardsticks=sticks, evaluator=_Unmeasured(evaluator, rss), progress=progress)
+                        config, evaluator=_Unmeasured(evaluator, rss), progress=progress)
     timed = metrics["step_time_s"].iloc[1:] if len(metrics) > 1 else metrics["step_time_s"]  # no warm-up step
     summary = {
         "arm": name, "seed": seed, "steps": steps, "backbones": ARMS[name].backbones,
@@ -413,12 +421,13 @@ class Results:
         ).reset_index()
 
 
-def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, eval_queries, reward_fn, config: PPOConfig,
-                   plan: Plan, perplexity_texts: list[str] | None = None, reward_name: str | None = None,
-                   force: bool = False, progress: bool = True) -> Results:
+def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, eval_queries, reward_fn,
+                   config: PPOConfig | dict[str, PPOConfig], plan: Plan, perplexity_texts: list[str] | None = None,
+                   reward_name: str | None = None, force: bool = False, progress: bool = True) -> Results:
     """Run every (study, arm, seed) of `plan`; each lands in `04_comparison/runs/<study>/<arm>/seed<k>/` in
     one atomic step, and the combined tables (metrics.csv, evaluation.csv, samples.csv, runs.csv,
-    summary.csv) are rewritten after each.
+    summary.csv) are rewritten after each. `config`: one PPOConfig for every study, or one per study
+    (`comparison_configs`); its steps are the plan's.
 
     A run is skipped when its folder is complete and was made with the same fingerprint (PPO settings,
     reward, prompts, evaluation, quantization, and the content of the 01 adapter and 02 model); otherwise
@@ -429,11 +438,11 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, eval_q
     merged_dir = require(stage_dir(out, profile.name, "02_merge") / "model", "02_merge", profile.name)
     folder = stage_dir(out, profile.name, "04_comparison")
     sources = Sources(profile, sft_adapter, merged_dir, profile_quantization(profile))
-    eval_settings = dict(queries=eval_queries, response_len=config.response_len, perplexity_texts=perplexity_texts,
-                         perplexity_seq_len=profile.sft_seq_len)
+    configs = config if isinstance(config, dict) else {"main": config, "penalty": config}
+    eval_settings = dict(queries=eval_queries, response_len=configs["main"].response_len,
+                         perplexity_texts=perplexity_texts, perplexity_seq_len=profile.sft_seq_len)
     common = {
         "profile": profile.name, "quantization": sources.quantize,
-        "ppo": {k: v for k, v in asdict(config).items() if k not in ("seed", "steps")},
         "train_prompts": content_hash(queries),
         "eval_prompts": content_hash(eval_queries, perplexity_texts, profile.sft_seq_len),
         "sft_adapter": content_hash(sft_adapter), "merged_model": content_hash(merged_dir),
@@ -441,8 +450,10 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, eval_q
     sticks, tables = None, {k: [] for k in ("metrics", "evaluation", "samples", "runs")}
     for study, name, seed, steps in plan.runs():
         run_dir = folder / "runs" / study / name / f"seed{seed}"
-        every = 1 if study == "penalty" else plan.eval_every  # the penalty alone: every step
-        fingerprint = {**common, "study": study, "arm": name, "seed": seed, "steps": steps, "eval_every": every,
+        every = plan.penalty_eval_every if study == "penalty" else plan.eval_every
+        ppo = {k: v for k, v in asdict(configs[study]).items() if k not in ("seed", "steps")}
+        fingerprint = {**common, "ppo": ppo, "study": study, "arm": name, "seed": seed, "steps": steps,
+                       "eval_every": every,
                        "reward": "off" if study == "penalty" else reward_name or profile.reward,
                        "eval_reward": reward_name or profile.reward}
         why = "force=True" if force else _run_state(run_dir, fingerprint)
@@ -452,7 +463,7 @@ def run_comparison(profile: Profile, out: str | Path, tokenizer, queries, eval_q
             print(f"{study}/{name}/seed{seed}: running ({why})", flush=True)
             sticks = sticks or yardsticks(profile, merged_dir, sources.quantize)
             result = run_one(name, seed, steps, sources, tokenizer, queries,
-                             no_reward if study == "penalty" else reward_fn, config, sticks,
+                             no_reward if study == "penalty" else reward_fn, configs[study], sticks,
                              {**eval_settings, "reward_fn": reward_fn, "every": every}, progress)
             with atomic_dir(run_dir) as tmp:  # the run counts as done only once every file has landed
                 for key in ("metrics", "evaluation", "samples"):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .models import perplexity, response_forward
+from .models import perplexity
 from .ppo import kl_exact, log_softmax, rollout
 from .reference import Reference
 
@@ -58,11 +58,11 @@ class Evaluator:
             stack.enter_context(torch.random.fork_rng(devices=cuda))
             torch.manual_seed(self.seed)
             for sample, lengths in enumerate(self.lengths):
-                ro = rollout(policy, self.tokenizer, self.queries, lengths.tolist())
+                ro = rollout(policy, self.tokenizer, self.queries, lengths.tolist(), keep_logits=True)
                 scores = self.reward_fn(ro.texts).float().cpu()
                 rewards.append(scores)
                 mask = ro.response_mask.float()
-                logp = log_softmax(response_forward(policy, *ro.rows(slice(None)))[0])
+                logp = log_softmax(ro.logits)  # the policy's own, from generation: no second forward
                 for name, model in [("ref", reference), *self.yardsticks.items()]:
                     kls[name].append(kl_exact(logp, log_softmax(model.logits(*ro.rows(slice(None)))), mask).cpu())
                 self._samples.append(pd.DataFrame({

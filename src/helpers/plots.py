@@ -90,22 +90,25 @@ def _band_plot(ax, table: pd.DataFrame, column: str):
 
 
 def comparison_curves(results):
-    """Every arm over training, mean over paired seeds with its 95% confidence band. Top: held-out
-    evaluations (the same prompts for every arm). Bottom: per training step, on the training rollouts."""
+    """Every arm over training, mean over paired seeds with its 95% confidence band. Top: the held-out
+    evaluations (the same prompts for every arm): reward, and KL to the two yardsticks. Bottom: held-out
+    perplexity, then per training step on that step's rollouts: KL to the arm's own reference (what PPO
+    penalises) and the training batch's reward."""
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
     panels = [
         (results.evaluation, "reward_mean", "held-out reward", "reward (reward-model score)"),
+        (results.evaluation, "kl_sft_exact", "held-out KL to the SFT model (yardstick)", "KL per token (nats)"),
+        (results.evaluation, "kl_base_exact", "held-out KL to the base model (yardstick)", "KL per token (nats)"),
         (results.evaluation, "perplexity", "held-out IMDB perplexity", "perplexity"),
-        (results.metrics, "kl_ref_exact", "KL to the arm's own reference (penalised)", "KL per token (nats)"),
-        (results.metrics, "kl_sft_exact", "KL to the SFT model (yardstick)", "KL per token (nats)"),
-        (results.metrics, "kl_base_exact", "KL to the base model (yardstick)", "KL per token (nats)"),
+        (results.metrics, "kl_ref_exact", "KL to the arm's own reference (penalised; training rollouts)",
+         "KL per token (nats)"),
         (results.metrics, "reward_mean", "training-batch reward (new prompts each step)",
          "reward (reward-model score)"),
     ]
     for ax, (table, column, title, ylabel) in zip(axes.flat, panels):
         if column in table:
             _band_plot(ax, table, column)
-        ax.set(xlabel="PPO step", ylabel=ylabel, title=title)
+        ax.set(xlabel="PPO steps done", ylabel=ylabel, title=title)
     axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle("Which reference model? Mean over paired seeds, shaded: 95% confidence interval")
     fig.tight_layout()
@@ -118,7 +121,7 @@ def penalty_alone(results):
     for ax, column, title, ylabel in [(axes[0], "kl_base_exact", "KL to the base model", "KL per token (nats)"),
                                       (axes[1], "perplexity", "held-out IMDB perplexity", "perplexity")]:
         _band_plot(ax, results.evaluation, column)
-        ax.set(xlabel="PPO step (reward off)", ylabel=ylabel, title=title)
+        ax.set(xlabel="PPO steps done (reward off)", ylabel=ylabel, title=title)
     axes[0].legend(fontsize=8)
     fig.suptitle("The penalty alone pulls the policy towards its reference (mean, 95% band over seeds)")
     fig.tight_layout()

@@ -26,8 +26,8 @@ losses, KL controllers), except for these deliberate differences:
     0.5 * (log ratio)^2;
   - the KL to the reference is also reported exactly, over the whole vocabulary (`kl_ref_exact`).
 
-Measurement kept apart from the algorithm: `yardsticks` (extra frozen models whose KL is logged) and an
-`evaluator` (fixed held-out prompts, see helpers.evaluation) are timed out of `step_time_s`.
+Measurement kept apart from the algorithm: an `evaluator` (fixed held-out prompts, and KL to any
+yardstick models, see helpers.evaluation) runs between steps, timed out of `step_time_s`.
 """
 
 from __future__ import annotations
@@ -211,6 +211,7 @@ class Rollout:
     query_len: int  # Q: every response starts at this column
     texts: list[str]  # query + response, decoded
     responses: list[str]
+    logits: torch.Tensor | None = None  # [B, R, V] the sampling policy's logits, kept only if asked for
 
     @property
     def response_tokens(self) -> torch.Tensor:
@@ -251,16 +252,24 @@ def generate_own_distribution(model, generation_config: GenerationConfig, **inpu
 
 
 @torch.no_grad()
-def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int]) -> Rollout:
-    """Sample one response per query from the policy's own distribution, each cut to its drawn length."""
+def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int], keep_logits: bool = False) -> Rollout:
+    """Sample one response per query from the policy's own distribution, each cut to its drawn length.
+
+    `keep_logits`: also keep the logits generation sampled from, at the positions that predict the response
+    tokens: what `response_forward` would compute again (up to float rounding, as generation reuses a KV
+    cache), for a caller that needs no values or gradients (the evaluation)."""
     device = policy.device
     pad = tokenizer.pad_token_id
     Q = max(len(q) for q in queries)
     query_ids = torch.tensor([[pad] * (Q - len(q)) + q for q in queries], device=device)
     query_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries], device=device)
     eos_ids = eos_token_ids(policy, tokenizer)
-    out = generate_own_distribution(policy, sampling_config(eos_ids, pad, max(lengths)),
-                                    input_ids=query_ids, attention_mask=query_mask)
+    config = sampling_config(eos_ids, pad, max(lengths))
+    if keep_logits:
+        config.update(output_logits=True, return_dict_in_generate=True)
+    out = generate_own_distribution(policy, config, input_ids=query_ids, attention_mask=query_mask)
+    logits = torch.stack(out.logits, 1) if keep_logits else None  # raw: before any logits processor
+    out = out.sequences if keep_logits else out
     response = out[:, Q:]  # may be shorter than max(lengths) when every row ended early
     R = response.shape[1]
     # cut each response to its drawn length, and after the first end-of-sequence token (kept)
@@ -274,7 +283,7 @@ def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int]) -> 
     attention_mask = torch.cat([query_mask, response_mask], 1)
     responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response, response_mask)]
     texts = [tokenizer.decode(q, skip_special_tokens=True) + r for q, r in zip(queries, responses)]
-    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses)
+    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses, logits)
 
 
 def policy_forward(policy, value_head, input_ids, attention_mask, query_len):
@@ -306,12 +315,10 @@ def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float) -> t
 
 
 def train(policy, value_head: ValueHead, reference: Reference, tokenizer, queries: list[list[int]], reward_fn,
-          config: PPOConfig, yardsticks: dict[str, Reference] | None = None, evaluator=None,
-          progress: bool = True) -> pd.DataFrame:
+          config: PPOConfig, evaluator=None, progress: bool = True) -> pd.DataFrame:
     """Run `config.steps` PPO steps; return one row of metrics per step.
 
-    `queries` are token-id lists, taken `batch_size` at a time in order (cycling). `yardsticks` are extra
-    frozen references measured on the same rollouts (`kl_<name>` columns) and never penalised. `evaluator`
+    `queries` are token-id lists, taken `batch_size` at a time in order (cycling). `evaluator`
     (helpers.evaluation.Evaluator) is called before the first update and every `evaluator.every` updates.
     """
     cfg = config
@@ -368,14 +375,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
                 "kl_coef": kl_coef,
                 "entropy": entropy(logp, mask).item(),
             }
-            del ref_logp
-            t = time.perf_counter()
-            for name, yardstick in (yardsticks or {}).items():
-                y_logp = log_softmax(yardstick.logits(*ro.rows(slice(None))))
-                row[f"kl_{name}"] = kl_sampled(old_logprobs, gather_logprobs(y_logp, tokens), mask).mean().item()
-                row[f"kl_{name}_exact"] = kl_exact(logp, y_logp, mask).mean().item()
-            yardstick_s = time.perf_counter() - t  # measuring only: kept out of step_time_s
-            del logp
+            del ref_logp, logp
             check_finite(step, kl_ref=row["kl_ref"], rewards=rewards)
 
         # 6. PPO epochs over shuffled minibatches
@@ -405,7 +405,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
         pg, vf, cf, ak = np.mean(stats, axis=0)
         row.update(policy_loss=pg, value_loss=vf, clipfrac=cf, approx_kl=ak,
                    response_len=mask.sum(1).mean().item(), gen_s=gen_s, score_s=score_s, ref_s=ref_s,
-                   update_s=update_s, step_time_s=time.perf_counter() - start - yardstick_s, **peak_memory())
+                   update_s=update_s, step_time_s=time.perf_counter() - start, **peak_memory())
         rows.append(row)
         if evaluator is not None and evaluator.due(step + 1, cfg.steps):
             evaluator(step + 1, policy, reference)  # after step+1 updates; outside the timed step

