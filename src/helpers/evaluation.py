@@ -111,4 +111,3 @@ def t_interval(values) -> tuple[float, float, float, int]:
         return mean, math.nan, math.nan, n
     half = stats.t.ppf(0.975, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
     return mean, mean - half, mean + half, n
-
