@@ -1,16 +1,19 @@
 # Two commands do all the set-up themselves:
-#   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 04 with papermill
+#   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 05 with papermill
 #   make test                                          install and run the test suite
 # and, around them:
+#   make study [PROFILE=smol]                          the full study (hours on 2 CPU cores; resumable) into
+#                                                      docs/study/<profile>/, rendered by notebook 05
 #   make lab [LAB_PORT=8888] [LAB_ARGS=--no-browser]   JupyterLab on notebooks/ (installs it if missing)
-#   make publish                                       executed smol notebooks -> docs/notebooks/
+#   make publish                                       executed smol notebooks -> docs/notebooks/, and the
+#                                                      README's study answers from docs/study/smol/
 #   make test-latest                                   the tests against the newest transformers, peft, trl
 #                                                      and bitsandbytes, in a separate venv (.venv-latest)
 PYTHON     ?= python3
 VENV       ?= .venv
 PROFILE    ?= smol
 OUTPUT_DIR ?= outputs
-NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison
+NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison 05_study
 # torch is installed on its own first: a plain `torch` requirement would pull a multi-GB CUDA
 # build. Here pip finds the CPU wheel on disk; elsewhere pass e.g.
 # TORCH_INDEX=--extra-index-url=<the PyTorch CPU wheel index>.
@@ -24,7 +27,7 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 LATEST_VENV ?= .venv-latest
 
-.PHONY: install tutorial test lab publish test-latest clean
+.PHONY: install tutorial test study lab publish test-latest clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -44,6 +47,13 @@ tutorial: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The study's SFT adapter is committed with it (docs/study/<profile>/inputs/); the first run takes it from
+# notebook 01's output, made here if missing.
+study: install
+	test -d docs/study/$(PROFILE)/inputs/sft_adapter || test -d $(OUTPUT_DIR)/$(PROFILE)/01_sft/adapter || \
+		$(MAKE) tutorial NOTEBOOKS=01_sft_lora
+	PROFILE=$(PROFILE) $(PY) -m helpers.study --profile $(PROFILE) --out $(OUTPUT_DIR)
+
 # jupyter refuses to run as root without --allow-root (containers, CI)
 lab: install
 	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PIP) install -q -c constraints.txt -e ".[dev,lab]"
@@ -51,7 +61,7 @@ lab: install
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 publish: install
-	$(PY) -m helpers.publish $(OUTPUT_DIR)/$(PROFILE)/notebooks docs/notebooks
+	$(PY) -m helpers.publish $(OUTPUT_DIR)/$(PROFILE)/notebooks docs/notebooks README.md
 
 test-latest:
 	$(MAKE) install VENV=$(LATEST_VENV)

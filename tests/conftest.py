@@ -14,7 +14,7 @@ from helpers import get_profile
 from helpers.models import build_tiny_model, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["01_sft_lora", "02_merge_adapter", "03_ppo_lora", "04_reference_model_comparison"]
+NOTEBOOKS = ["01_sft_lora", "02_merge_adapter", "03_ppo_lora", "04_reference_model_comparison", "05_study"]
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def tiny_architectures(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_outputs(tmp_path_factory):
-    """Run notebooks 01 -> 04 on `tiny` with papermill; return the output dir."""
+    """Run notebooks 01 -> 05 on `tiny` with papermill (05 renders the committed smol study); return the output dir."""
     from helpers.run_notebooks import run
 
     out = tmp_path_factory.mktemp("outputs")

@@ -2,6 +2,7 @@
 run wrote (seeds, pairing, controls, memory), resume by fingerprint, and an 8-bit profile."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from helpers.artifacts import stage_dir
-from helpers.compare import (ARMS, Plan, Results, build_arm, comparison_configs, findings, plan_from_profile,
-                             run_comparison, seed_queries, verdict, yardsticks)
+from helpers.compare import (ARMS, Results, build_arm, comparison_configs, findings, plan_from_profile, run_comparison,
+                             seed_queries, verdict, yardsticks)
+from helpers.runs import Run, inputs_from_outputs
 from helpers.data import load_imdb, ppo_queries
 from helpers.models import is_quantized, load_tokenizer
 from helpers.ppo import config_from_profile
@@ -25,6 +27,7 @@ def test_an_interval_that_includes_zero_is_inconclusive():
     row = verdict([0.10, -0.08, 0.05], ">0")
     assert row["ci_low"] < 0 < row["ci_high"] and row["n_seeds"] == 3
     assert row["verdict"] == "inconclusive" and "seeds" in row["to_settle"]
+    assert f"|effect| < {row['ci_high']:.3g} (95%)" in row["to_settle"]  # the bound the interval does give
     assert verdict([0.10, -0.08, 0.05], "<0")["verdict"] == "inconclusive"
 
 
@@ -46,7 +49,7 @@ def test_seeds_to_settle_grow_with_the_spread():
     from helpers.compare import seeds_needed, t_interval
 
     small, large = verdict([0.2, -0.1, 0.3], ">0"), verdict([0.2, -0.5, 0.6], ">0")
-    n_small, n_large = (int(r["to_settle"].split()[1].rstrip("+")) for r in (small, large))
+    n_small, n_large = (int(r["to_settle"].split("≈ ")[1].split()[0].rstrip("+")) for r in (small, large))
     assert 3 < n_small < n_large
     # n_small seeds with the same mean and spread give an interval that excludes zero; one fewer does not
     x = np.array([0.2, -0.1, 0.3])
@@ -120,7 +123,7 @@ def test_every_arm_ran_its_seeds_with_the_required_columns(tables, tiny):
     assert set(e[e.study == "penalty"].step) == due
     main = runs[runs.study == "main"]
     for arm in ARMS:
-        assert sorted(main[main.arm == arm].seed) == (plan.seeds if ARMS[arm].claim else plan.side_seeds)
+        assert sorted(main[main.arm == arm].seed) == list(plan.seeds if ARMS[arm].claim else plan.side_seeds)
     assert len(plan.seeds) == tiny.comparison_seeds >= 2
     penalty = runs[runs.study == "penalty"]
     assert set(penalty.arm) == {"adapter+disabled", "adapter+ref-adapter"} and set(penalty.seed) == set(plan.seeds)
@@ -224,9 +227,10 @@ def one_arm(tiny, out, capsys, **config_overrides):
     data = load_imdb(tiny)
     queries = ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo_batch_size, seed=0)
     eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1)
-    plan = Plan(["merged+disabled"], [0], [0], steps=2, side_steps=2, eval_every=2, penalty_steps=0)
-    results = run_comparison(tiny, out, tokenizer, queries, eval_queries, vader_reward(),
-                             config_from_profile(tiny, steps=2, **config_overrides), plan, progress=False)
+    plan = plan_from_profile(tiny, arms=["merged+disabled"], seeds=1, steps=2, penalty_steps=0, **config_overrides)
+    plan = replace(plan, eval_every=2, reward="vader")
+    inputs = inputs_from_outputs(tiny, out, tokenizer, queries, eval_queries, vader_reward(), reward_name="vader")
+    results = run_comparison(plan.runs(), inputs, out)
     return results, capsys.readouterr().out
 
 
@@ -234,7 +238,7 @@ def one_arm(tiny, out, capsys, **config_overrides):
 def test_resume_reruns_exactly_when_something_that_decides_the_results_changed(tiny, fresh_outputs, capsys):
     run = stage_dir(fresh_outputs, "tiny", "04_comparison") / "runs" / "main" / "merged+disabled" / "seed0"
     _, said = one_arm(tiny, fresh_outputs, capsys)
-    assert "running (not run yet)" in said
+    assert "ran (not run yet)" in said
     landed = (run / "metrics.csv").stat().st_mtime_ns
     _, said = one_arm(tiny, fresh_outputs, capsys)
     assert "same settings, skipped" in said and (run / "metrics.csv").stat().st_mtime_ns == landed
@@ -257,7 +261,7 @@ def test_each_study_runs_its_own_ppo_settings():
 
     smol = get_profile("smol")
     plan = plan_from_profile(smol)
-    configs, ppo = comparison_configs(smol, plan), config_from_profile(smol)
+    configs, ppo = comparison_configs(plan), config_from_profile(smol)
     main, penalty = configs["main"], configs["penalty"]
     assert (main.batch_size, main.mini_batch_size, main.steps) == (8, 4, plan.steps)
     assert (penalty.batch_size, penalty.mini_batch_size, penalty.steps) == (16, 8, plan.penalty_steps)
@@ -267,16 +271,22 @@ def test_each_study_runs_its_own_ppo_settings():
 
     assert updates(main) == updates(ppo) == updates(penalty)
     assert main.learning_rate == penalty.learning_rate == ppo.learning_rate
+    # every run of a study carries its study's settings; the side arms run as many steps as the claim arms
+    for run in plan.runs():
+        assert (run.ppo.batch_size, run.ppo.steps) == ((8, plan.steps) if run.study == "main" else (16, 4))
+        assert run.reward == ("off" if run.study == "penalty" else smol.reward)
 
 
 @pytest.mark.slow
 def test_a_study_runs_with_its_own_config(tiny, fresh_outputs):
     tokenizer = load_tokenizer(stage_dir(fresh_outputs, "tiny", "02_merge") / "model")
     queries = ppo_queries(load_imdb(tiny)["train"]["text"], tokenizer, n=8, seed=0)
-    plan = Plan(["adapter+disabled"], [0], [0], steps=1, side_steps=1, eval_every=1, penalty_steps=1)
-    configs = {"main": config_from_profile(tiny, steps=1, batch_size=2, mini_batch_size=2),
-               "penalty": config_from_profile(tiny, steps=1, batch_size=4, mini_batch_size=2)}
-    run_comparison(tiny, fresh_outputs, tokenizer, queries, queries[:2], vader_reward(), configs, plan, progress=False)
+    plan = plan_from_profile(tiny, arms=["adapter+disabled"], seeds=1, steps=1, penalty_steps=1)
+    plan = replace(plan, eval_every=1, penalty_eval_every=1, reward="vader",
+                   main=replace(plan.main, batch_size=2, mini_batch_size=2),
+                   penalty=replace(plan.penalty, batch_size=4, mini_batch_size=2))
+    inputs = inputs_from_outputs(tiny, fresh_outputs, tokenizer, queries, queries[:2], vader_reward(), reward_name="vader")
+    run_comparison(plan.runs(), inputs, fresh_outputs)
     runs = stage_dir(fresh_outputs, "tiny", "04_comparison") / "runs"
     for study, batch in [("main", 2), ("penalty", 4)]:
         fingerprint = json.loads((runs / study / "adapter+disabled" / "seed0" / "fingerprint.json").read_text())
@@ -290,7 +300,7 @@ def test_missing_inputs_name_the_notebook_to_run_first(tiny, tmp_path):
     from helpers.artifacts import MissingArtifactError
 
     with pytest.raises(MissingArtifactError, match="01_sft_lora.ipynb"):
-        run_comparison(tiny, tmp_path, None, [], [], vader_reward(), config_from_profile(tiny), plan_from_profile(tiny))
+        inputs_from_outputs(tiny, tmp_path, None, [], [], vader_reward())
     assert not list(tmp_path.rglob("*.csv"))
 
 
@@ -299,9 +309,35 @@ def test_unknown_arm_lists_the_valid_ones(tiny):
         plan_from_profile(tiny, arms=["magic"])
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(seeds=0), "SEEDS must be an integer >= 1, not 0"),
+    (dict(seeds=-2), "SEEDS must be an integer >= 1, not -2"),
+    (dict(steps=0), "STEPS must be an integer >= 1, not 0"),
+    (dict(penalty_steps=-1), "PENALTY_STEPS must be an integer >= 0, not -1"),
+    (dict(seed=-1), "SEED must be an integer >= 0, not -1"),
+    (dict(seeds=2.5), "SEEDS must be an integer >= 1, not 2.5"),
+    (dict(init_kl_coef=-0.1), "β must be >= 0, not -0.1"),
+])
+def test_plan_values_are_checked_when_the_plan_is_built(tiny, bad, message):
+    """`SEEDS = 0` in 04's parameters used to run the profile's default seeds silently."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan_from_profile(tiny, **bad).runs()
+
+
+def test_a_run_is_a_frozen_value(tiny):
+    run = plan_from_profile(tiny, seed=3, seeds=1).runs()[0]
+    assert run.ppo.seed == run.seed == 3 and run.label == "main/merged+disabled/seed3"
+    with pytest.raises(Exception):
+        run.seed = 4
+    fixed = Run("fixed-beta", "stacked", 1, replace(run.ppo, adaptive_kl=False, init_kl_coef=0.3), "vader", 2)
+    assert fixed.beta == 0.3 and fixed.label == "fixed-beta/stacked/beta0.3/seed1" and fixed.ppo.seed == 1
+    with pytest.raises(ValueError, match="valid arms: merged\\+disabled"):
+        Run("main", "magic", 0, run.ppo, "vader", 1)
+
+
 def test_plan_pairs_seeds(tiny):
     plan = plan_from_profile(tiny, seed=5, seeds=3)
-    assert plan.seeds == [5, 6, 7] and plan.side_seeds == plan.seeds[: tiny.comparison_side_seeds]
+    assert plan.seeds == (5, 6, 7) and plan.side_seeds == plan.seeds[: tiny.comparison_side_seeds]
     queries = [[i] for i in range(40)]
     assert seed_queries(queries, 5) == seed_queries(queries, 5) != seed_queries(queries, 6)
     assert sorted(seed_queries(queries, 6)) == queries
@@ -333,9 +369,10 @@ def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectu
         built = build_arm(arm, profile, adapter, merged_dir, quantize="8bit")
         assert is_quantized(built.policy) and all(is_quantized(m) for m in built.holds[2:])
     queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=2 * profile.ppo_batch_size, seed=0)
-    plan = Plan(["merged+disabled"], [0], [0], steps=2, side_steps=2, eval_every=2, penalty_steps=0)
-    results = run_comparison(profile, tmp_path, tokenizer, queries, queries[:4], vader_reward(),
-                             config_from_profile(profile, steps=2), plan, progress=False)
+    plan = replace(plan_from_profile(profile, arms=["merged+disabled"], seeds=1, steps=2, penalty_steps=0),
+                   eval_every=2, reward="vader")
+    inputs = inputs_from_outputs(profile, tmp_path, tokenizer, queries, queries[:4], vader_reward(), reward_name="vader")
+    results = run_comparison(plan.runs(), inputs, tmp_path)
     assert len(results.metrics) == 2 and torch.isfinite(torch.tensor(results.evaluation.kl_sft_exact.values)).all()
     fingerprint = (stage_dir(tmp_path, profile.name, "04_comparison") / "runs" / "main" / "merged+disabled" /
                    "seed0" / "fingerprint.json").read_text()

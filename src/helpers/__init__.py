@@ -1,5 +1,6 @@
 """Helpers the lora-rlhf-tutorial notebooks call: profiles, data, models, SFT, merge, rewards,
-reference models, PPO, the reference-model comparison and its plots."""
+reference models, PPO, the arms of the reference-model comparison (arms), one run as one value (runs),
+verdicts from paired seeds (verdicts), notebook 04's plan (compare), the full study (study) and the plots."""
 
 import logging
 import os

@@ -9,7 +9,7 @@ from matplotlib.ticker import LogFormatter
 
 def arm_style(arm: str) -> dict:
     """The arm's line style from the one arm registry (helpers.compare.ARMS); unknown arms get matplotlib's."""
-    from .compare import ARMS
+    from .arms import ARMS
 
     return dict(ARMS[arm].style) if arm in ARMS else {}
 
@@ -81,11 +81,18 @@ def seed_band(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _band_plot(ax, table: pd.DataFrame, column: str):
+    """Mean over seeds (n in the legend; n=1 is that seed's own curve), its 95% band, and each seed's value as a
+    small dot: with 3 seeds the t-band (t = 4.3) is wide, the dots show the spread it is made of."""
     for arm, band in seed_band(table, column).groupby("arm", sort=False):
         style = arm_style(arm)
-        ax.plot(band["step"], band["mean"], label=f"{arm} (n={band['n'].max()})", markersize=5, **style)
-        if band["n"].max() > 1:
-            ax.fill_between(band["step"], band["low"], band["high"], color=style.get("color"), alpha=0.15, linewidth=0)
+        n = band["n"].max()
+        seeds = sorted(table[table["arm"] == arm]["seed"].unique())
+        label = f"{arm} (n={n})" if n > 1 else f"{arm} (seed {seeds[0]} only)"
+        ax.plot(band["step"], band["mean"], label=label, markersize=5, **style)
+        if n > 1:
+            ax.fill_between(band["step"], band["low"], band["high"], color=style.get("color"), alpha=0.12, linewidth=0)
+            points = table[table["arm"] == arm].dropna(subset=[column])
+            ax.scatter(points["step"], points[column], s=9, color=style.get("color"), alpha=0.5, linewidths=0)
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
@@ -169,5 +176,76 @@ def memory_and_time(summary: pd.DataFrame):
         ax.invert_yaxis()
     for ax in axes[1:]:
         ax.set_yticklabels([])
+    fig.tight_layout()
+    return fig
+
+
+# --- the full study (notebook 05) ----------------------------------------------------------------------------
+
+
+def dose_response(results, claims, slopes: pd.DataFrame | None = None):
+    """Each of the pitfall's effects (arm minus control, per paired seed) against β: per-seed points, the mean
+    with its 95% interval, and the fitted slope per ×10 of β with its interval (from the findings table)."""
+    import numpy as np
+
+    from .evaluation import t_interval
+    from .verdicts import paired_values
+
+    by_measure = {}
+    for c in claims:
+        if c.beta is not None and not c.over_beta and c.kind == "finding" and c.arm == "adapter+disabled":
+            by_measure.setdefault(c.measure, []).append(c)
+    fig, axes = plt.subplots(1, len(by_measure), figsize=(5.2 * len(by_measure), 3.9), squeeze=False)
+    for ax, (measure, cs) in zip(axes[0], by_measure.items()):
+        for i, c in enumerate(sorted(cs, key=lambda c: c.beta)):
+            unit, values = paired_values(results.select(c.study, c.beta), c)
+            if not len(values):
+                continue
+            jitter = c.beta * 10 ** (0.04 * (np.arange(len(values)) - (len(values) - 1) / 2) / max(len(values), 1))
+            ax.scatter(jitter, values, s=14, color="#d62728", alpha=0.45, linewidths=0,
+                       label="one paired seed" if i == 0 else None)
+            mean, low, high, n = t_interval(values)
+            if n > 1:
+                ax.errorbar([c.beta], [mean], yerr=[[mean - low], [high - mean]], color="black", marker="o",
+                            capsize=4, label="mean, 95% CI" if i == 0 else None)
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set_xscale("log")
+        title = cs[0].claim
+        if slopes is not None:
+            row = slopes[slopes["claim"].str.startswith(cs[0].claim)]
+            if len(row):
+                r = row.iloc[0]
+                title += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"
+        ax.set(xlabel="KL coefficient β (fixed, log scale)", ylabel=f"pitfall − control:\n{unit}", title=title)
+        ax.title.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle("Dose-response: the pitfall (reference = base) against its control (reference = SFT adapter)")
+    fig.tight_layout()
+    return fig
+
+
+def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...] = ("stacked",)):
+    """Held-out reward against KL per token to the SFT model, one line per (arm, β), a point per evaluation
+    (mean over the paired seeds of that arm and β; n in the legend). `stacked` ran fewer seeds than its twin,
+    so its mean would sit beside a mean of other seeds: its equality is a claim of the findings instead."""
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    e = results.select(study).evaluation
+    e = e[~e["arm"].isin(leave_out)]
+    betas = sorted(e["beta"].dropna().unique())
+    widths = {b: 0.8 + 1.2 * i for i, b in enumerate(betas)}
+    for (arm, beta), g in e.groupby(["arm", "beta"], sort=False):
+        mean = g.groupby("step")[["kl_sft_exact", "reward_mean"]].mean()
+        style = arm_style(arm)
+        ax.plot(mean["kl_sft_exact"], mean["reward_mean"], color=style.get("color"),
+                marker=style.get("marker") or "o", linestyle=style.get("linestyle", "-"),
+                linewidth=widths[beta], markersize=4 + widths[beta], alpha=0.85,
+                label=f"{arm}, β={beta:g} (n={g.seed.nunique()})")
+    ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
+           ylabel="held-out reward (reward-model score)",
+           title="Reward–KL frontier: each line from step 0 (left) to the end; thicker = larger β")
+    if len(e):
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

@@ -60,6 +60,18 @@ class Profile:
     comparison_perplexity_texts: int = 32  # held-out reviews of each 04 evaluation's perplexity
     penalty_steps: int = 6
     penalty_eval_every: int = 1  # the penalty alone: held-out evaluation every k steps (its curve)
+    # the full study (`make study`, helpers.study, notebook 05): fixed KL coefficients β, chosen so that the
+    # penalty on the pitfall's step-0 drift, β·KL(SFT‖base) per response, is `study_beta_ratios` times the
+    # reward's spread across responses; `study_seeds` paired seeds; steps from the power calculation (None)
+    # or fixed; `study_eval_points` held-out evaluations per run (step 0 included)
+    study_beta_ratios: tuple[float, ...] = (0.1, 1.0, 10.0)
+    study_seeds: int = 6
+    study_side_seeds: int = 2  # stacked: an equality claim needs few seeds
+    study_steps: int | None = None
+    study_eval_points: int = 4
+    study_eval_prompts: int = 32
+    study_eval_samples: int = 2
+    study_target_z: float = 3.0  # the power calculation: the recipe's gain at the middle β this many se from 0
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -98,6 +110,12 @@ PROFILES: dict[str, Profile] = {
             comparison_eval_prompts=8,
             comparison_perplexity_texts=8,
             penalty_steps=2,
+            study_seeds=2,
+            study_side_seeds=1,
+            study_steps=3,
+            study_eval_points=2,
+            study_eval_prompts=4,
+            study_eval_samples=1,
         ),
         Profile(
             name="smol",
@@ -123,16 +141,15 @@ PROFILES: dict[str, Profile] = {
             response_len=(4, 16),
             eval_prompts=64,
             eval_samples=2,  # two responses per prompt: the per-prompt reward's sampling noise halves in variance
-            # 04 measured 831 s on 2 cores (make tutorial 22 min 40 s): 4 claim arms x 3 paired seeds x 4 steps,
-            # 3 side arms x 1 seed x 2 steps (the warm-up, then one timed step), the penalty alone 2 arms x 3 seeds
-            # x 4 steps. Reward on: batch 8 in minibatches of 4 over 2 epochs, the same 4 optimizer updates per step
+            # 04 measured 831 s on 2 cores (make tutorial 22 min 40 s) with 4 claim arms x 3 paired seeds x 4 steps,
+            # 3 side arms x 1 seed x 2 steps, the penalty alone 2 arms x 3 seeds x 4 steps. The side arms now run
+            # all 4 steps, so that every arm is compared at the same step (about 30 s more). Reward on: batch 8 in minibatches of 4 over 2 epochs, the same 4 optimizer updates per step
             # as 03's 16 x 8 x 2 (so about the same drift per step) at 4.6 s instead of 7.2 s. The penalty alone
             # keeps 16 x 8: with batch 8 x 4 its pull was inconclusive, -0.08 [-0.24, +0.08]. Evaluations (16
             # held-out prompts: reward, KL to the reference and the two yardsticks; perplexity on 8 reviews) cost
             # more than a step: at step 0 and the end of the reward-on runs, every 2 steps of the penalty alone.
             comparison_steps=4,
             comparison_seeds=3,
-            comparison_side_steps=2,
             comparison_batch_size=8,
             comparison_mini_batch_size=4,
             comparison_eval_every=4,

@@ -1,0 +1,433 @@
+"""The full study (`make study`, rendered by notebook 05): the thread's questions with the reward on.
+
+Notebook 04 fits the tutorial's 25 minutes; its seeds and steps are too few for the reward-on claims. The
+study runs the arms that carry the thread's questions at fixed KL coefficients β (no adaptive controller):
+
+  - the pitfall `adapter+disabled` and its control `adapter+ref-adapter` at every β (the dose-response);
+  - the recipe `merged+disabled` and RL from the base `base+disabled` at the middle β;
+  - `stacked` on the first seeds at the middle β (an equality with `merged+disabled` needs few seeds).
+
+How it is sized, written into the manifest:
+  - β: a step-0 calibration measures the pitfall's starting drift, KL(SFT‖base) per response, and the
+    reward's spread across responses; β_k = ratio_k · spread / drift, so the penalty on that drift is
+    `study_beta_ratios` (0.1, 1, 10) times the reward's spread: negligible, comparable, dominant.
+  - steps: a power calculation from the tutorial's committed 03 run (its paired held-out gain and its
+    standard error over prompts), so that the recipe's gain over step 0 at the middle β is
+    `study_target_z` standard errors from zero with `study_seeds` seeds.
+
+Runs go seed by seed (every arm and β of seed 0, then seed 1, ...), so a study stopped part-way still has
+complete paired seeds. Each run lands in `docs/study/<profile>/runs/` with its fingerprint; the study's SFT
+adapter is committed beside them (`inputs/sft_adapter`) and merged again where it is missing, so a later
+session, on another machine, resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .arms import Sources, profile_quantization
+from .artifacts import project_root, read_json, require, stage_dir, write_csv, write_json
+from .evaluation import Evaluator, t_interval
+from .ppo import PPOConfig, config_from_profile
+from .profiles import Profile, get_profile
+from .reference import FrozenModel
+from .runs import Inputs, Results, Run, check_count, content_hash, load_results, run_all, where_it_ran
+from .verdicts import Claim, findings
+
+STUDY = "fixed-beta"
+EVERY_BETA = ("adapter+disabled", "adapter+ref-adapter")  # the pitfall and its control
+AT_MIDDLE = ("merged+disabled", "base+disabled")  # the recipe, and RL straight from the base
+SIDE = ("stacked",)  # equals merged+disabled up to float rounding: the first `study_side_seeds` seeds
+
+
+def study_dir(profile_name: str, folder: str | Path | None = None) -> Path:
+    """Where a profile's study lives: `docs/study/<profile>/` in the project (committed), unless given."""
+    if folder is not None:
+        return Path(folder)
+    return (project_root() or Path.cwd()) / "docs" / "study" / profile_name
+
+
+# --- sizing: β from a calibration, steps from a power calculation ------------------------------------------
+
+
+def round_1sf(x: float) -> float:
+    """One significant figure: grid values that do not move with the last digits of a measurement."""
+    return float(f"{x:.0e}")
+
+
+def calibrate(inputs: Inputs, sticks: dict, response_len: tuple[int, int], seed: int = 0) -> dict:
+    """At step 0, on the study's held-out prompts: the SFT model's responses, their reward spread, and their
+    KL to the base, per token and per response (per token × the mean drawn response length)."""
+    evaluator = Evaluator(inputs.tokenizer, inputs.eval_queries, inputs.reward(inputs.eval_reward), response_len,
+                          seed=seed, samples_per_prompt=inputs.eval_samples, yardsticks={})
+    row = evaluator(0, sticks["sft"].model, sticks["base"])  # the SFT model, measured against the base
+    tokens = float(evaluator.lengths.mean())
+    return {"kl_sft_base_per_token": row["kl_ref_exact"], "response_tokens": tokens,
+            "kl_sft_base_per_response": row["kl_ref_exact"] * tokens,
+            "reward_sd": float(evaluator.samples()["reward"].std(ddof=1)),
+            "responses": int(evaluator.lengths.size)}
+
+
+def beta_grid(calibration: dict, ratios) -> tuple[float, ...]:
+    """β_k = ratio_k · reward spread / drift per response, to one significant figure."""
+    unit = calibration["reward_sd"] / calibration["kl_sft_base_per_response"]
+    return tuple(sorted({round_1sf(r * unit) for r in ratios}))
+
+
+def pilot_from_notebook(path: str | Path) -> dict:
+    """The paired held-out gain of an executed notebook 03 (its 'PPO − SFT' table) and the PPO settings it
+    ran with: the measured spread the power calculation starts from."""
+    nb = json.loads(Path(path).read_text())
+    texts = ["".join(o.get("data", {}).get("text/plain", o.get("text", ""))) for c in nb["cells"]
+             if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    table = next((t for t in texts if "PPO − SFT, held-out reward" in t), None)
+    config = next((t for t in texts if t.startswith("PPOConfig(")), None)
+    if table is None or config is None:
+        raise ValueError(f"{path} has no executed paired-gain table and PPOConfig: run `make publish` after "
+                         f"`make tutorial`, or give the study's steps (Profile.study_steps)")
+    values = {m[1]: float(m[2]) for m in re.finditer(r"^(\w+)\s+(-?[\d.]+)$", table, re.M)}
+    settings = {m[1]: int(m[2]) for m in re.finditer(r"(steps|batch_size|mini_batch_size|ppo_epochs)=(\d+)", config)}
+    return {"source": str(Path(path).name), **{k: values[k] for k in ("gain", "se", "prompts")}, **settings}
+
+
+def updates_per_step(batch_size: int, mini_batch_size: int, ppo_epochs: int) -> int:
+    return math.ceil(batch_size / mini_batch_size) * ppo_epochs
+
+
+def power_steps(profile: Profile, pilot: dict, seeds: int, ppo: PPOConfig) -> dict:
+    """Steps for the recipe's gain at the middle β to reach `study_target_z` with `seeds` seeds.
+
+    Assumptions, stated in the manifest: the gain grows linearly with steps at the pilot's rate per optimizer
+    update; one run's measured gain has the pilot's per-prompt spread over the study's prompts; and seeds
+    differ in training as much again (a factor √2 on that spread)."""
+    per_update = pilot["gain"] / (pilot["steps"] * updates_per_step(pilot["batch_size"], pilot["mini_batch_size"],
+                                                                     pilot["ppo_epochs"]))
+    gain_per_step = per_update * updates_per_step(ppo.batch_size, ppo.mini_batch_size, ppo.ppo_epochs)
+    prompt_sd = pilot["se"] * math.sqrt(pilot["prompts"])  # per-prompt sd of the paired difference
+    run_sd = prompt_sd * math.sqrt(profile.eval_samples / profile.study_eval_samples) / math.sqrt(
+        profile.study_eval_prompts)
+    seed_sd = math.sqrt(2) * run_sd
+    steps = math.ceil(profile.study_target_z * seed_sd / (gain_per_step * math.sqrt(seeds)))
+    every = max(1, math.ceil(steps / (profile.study_eval_points - 1)))
+    steps = every * (profile.study_eval_points - 1)  # evaluations at 0, every, 2·every, ... = steps
+    return {"pilot": pilot, "gain_per_step": gain_per_step, "run_sd": run_sd, "seed_sd": seed_sd, "seeds": seeds,
+            "target_z": profile.study_target_z, "steps": steps, "expected_gain": gain_per_step * steps,
+            "expected_z": gain_per_step * steps * math.sqrt(seeds) / seed_sd}
+
+
+# --- the design: a frozen value that yields the runs -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Design:
+    betas: tuple[float, ...]
+    seeds: tuple[int, ...]
+    side_seeds: tuple[int, ...]
+    ppo: PPOConfig  # steps included; the β of each run replaces init_kl_coef, the controller is off
+    eval_every: int
+    reward: str
+
+    def __post_init__(self):
+        if len(self.betas) < 3 or min(self.betas) <= 0:
+            raise ValueError(f"a dose-response needs at least 3 values of β > 0, not {self.betas}")
+        check_count("seeds", len(self.seeds))
+        check_count("steps", self.ppo.steps)
+
+    @property
+    def middle(self) -> float:
+        return self.betas[len(self.betas) // 2]
+
+    def run(self, arm: str, seed: int, beta: float) -> Run:
+        return Run(STUDY, arm, seed, replace(self.ppo, init_kl_coef=beta, adaptive_kl=False), self.reward,
+                   self.eval_every)
+
+    def runs(self) -> list[Run]:
+        """Seed by seed; within a seed the middle β first (every claim arm), then the others."""
+        out = []
+        for seed in self.seeds:
+            for beta in [self.middle] + [b for b in self.betas if b != self.middle]:
+                arms = EVERY_BETA + (AT_MIDDLE if beta == self.middle else ())
+                arms += SIDE if beta == self.middle and seed in self.side_seeds else ()
+                out += [self.run(arm, seed, beta) for arm in arms]
+        return out
+
+
+def study_claims(design: Design) -> list[Claim]:
+    """Every question of the thread as a claim, each against the arm that differs from it in one thing."""
+    pit, ctl, mid = "adapter+disabled", "adapter+ref-adapter", design.middle
+    pitfall = [("the pitfall pulls the policy towards the base", "kl_base_change", "<0"),
+               ("the pitfall drifts further from the SFT model", "kl_sft_end", ">0"),
+               ("the pitfall raises held-out IMDB perplexity", "perplexity_end", ">0")]
+    claims = [Claim(text, pit, ctl, measure, sign, study=STUDY, beta=b) for b in design.betas
+              for text, measure, sign in pitfall]
+    claims += [Claim(f"{text}, more so at larger β", pit, ctl, measure, sign, study=STUDY, over_beta=True)
+               for text, measure, sign in pitfall]
+    claims += [
+        Claim("keeping the SFT adapter (right reference) reaches less reward at matched KL to SFT than merging",
+              ctl, "merged+disabled", "reward_at_kl_sft", "<0", study=STUDY, beta=mid),
+        Claim("keeping the SFT adapter (right reference) gains less reward per step than merging", ctl,
+              "merged+disabled", "reward_gain_per_step", "<0", study=STUDY, beta=mid),
+        Claim("SFT first gains more held-out reward than RL from the base", "merged+disabled", "base+disabled",
+              "reward_gain", ">0", study=STUDY, beta=mid),
+        Claim("SFT first reaches more reward at matched KL to its reference than RL from the base",
+              "merged+disabled", "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid),
+        Claim("SFT first ends with a higher held-out reward than RL from the base", "merged+disabled",
+              "base+disabled", "reward_end", ">0", study=STUDY, beta=mid),
+        Claim("stacking the SFT adapter under a new LoRA equals merging it", "stacked", "merged+disabled",
+              "curves_relative", "=", study=STUDY, beta=mid, tolerance=1e-3),
+        Claim("the pitfall: KL to the reference starts at KL(SFT‖base) > 0", pit, ctl, "kl_ref_start", ">0",
+              study=STUDY, beta=mid, kind="sanity"),
+    ]
+    return claims
+
+
+def reward_gains(results: Results) -> pd.DataFrame:
+    """Does RL move? Per (arm, β): the held-out reward gain over step 0, mean over seeds, 95% interval, z."""
+    e = results.select(STUDY).evaluation
+    rows = []
+    for (arm, beta), g in e.groupby(["arm", "beta"], sort=False):
+        first = g[g.step == g.groupby("seed").step.transform("min")].set_index("seed").reward_mean
+        last = g[g.step == g.groupby("seed").step.transform("max")].set_index("seed").reward_mean
+        gain = (last - first).dropna()
+        mean, low, high, n = t_interval(gain)
+        se = gain.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        rows.append({"arm": arm, "beta": beta, "steps": int(g.step.max()), "n_seeds": n, "gain": mean,
+                     "ci_low": low, "ci_high": high, "z": mean / se if se and se > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+# --- running it ------------------------------------------------------------------------------------------
+
+
+def study_inputs(profile: Profile, folder: Path, out=None) -> Inputs:
+    """The study's inputs: its committed SFT adapter (copied from 01's output the first time), merged into
+    the base in `outputs/<profile>/05_study/` where that merge is missing or was made from another adapter."""
+    from .data import load_imdb, ppo_queries
+    from .merge import merge_adapter, save_merged
+    from .models import load_tokenizer
+    from .rewards import load_reward
+
+    adapter = folder / "inputs" / "sft_adapter"
+    if not adapter.exists():
+        made = require(stage_dir(out, profile.name, "01_sft") / "adapter", "01_sft", profile.name)
+        tmp = adapter.parent / ".sft_adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(made, tmp)
+        tmp.rename(adapter)
+    merged = stage_dir(out, profile.name, "05_study") / "merged"
+    made_from = merged.parent / "made_from.json"
+    if not merged.exists() or not made_from.exists() or read_json(made_from) != {"sft_adapter": content_hash(adapter)}:
+        tokenizer = load_tokenizer(profile)
+        model, check = merge_adapter(profile, adapter, tokenizer, load_imdb(profile)["heldout"]["text"][:4])
+        save_merged(model, tokenizer, merged, check)
+        write_json(made_from, {"sft_adapter": content_hash(adapter)})
+        del model
+    tokenizer = load_tokenizer(merged)
+    data = load_imdb(profile)
+    steps = profile.study_steps or 64  # enough prompts for any steps the power calculation gives (cycled)
+    batch = profile.ppo_batch_size
+    queries = ppo_queries(data["train"]["text"], tokenizer, n=steps * batch, seed=0)
+    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=profile.study_eval_prompts, seed=1)
+    perplexity_texts = list(data["heldout"]["text"][: profile.comparison_perplexity_texts])
+    sources = Sources(profile, adapter, merged, profile_quantization(profile))
+    return Inputs(profile, sources, tokenizer, queries, eval_queries, {profile.reward: load_reward(profile)},
+                  profile.reward, perplexity_texts, profile.study_eval_samples,
+                  merged_from=f"merge of the study's sft_adapter {content_hash(adapter)}")
+
+
+def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader) -> tuple[Design, dict]:
+    """The design and how it was sized; the calibration is measured once per inputs and kept in the folder."""
+    # notebook 03's PPO settings, the controller off: the power calculation's pilot ran exactly these (04's
+    # cheaper batch of 8 in minibatches of 4 moved the recipe's KL about half as fast per optimizer update,
+    # measured on a first smol seed, so its gain per update cannot be taken from 03's)
+    ppo = config_from_profile(profile, adaptive_kl=False)
+    kept = folder / "calibration.json"
+    key = content_hash(inputs.fingerprint(), ppo.response_len)
+    calibration = read_json(kept) if kept.exists() else {}
+    if calibration.get("inputs") != key:
+        calibration = {"inputs": key, **calibrate(inputs, sticks_loader(), ppo.response_len)}
+        write_json(kept, calibration)
+    betas = beta_grid(calibration, profile.study_beta_ratios)
+    seeds = tuple(range(check_count("study_seeds", profile.study_seeds)))
+    if profile.study_steps:
+        power = {"steps": profile.study_steps, "fixed_by": "Profile.study_steps"}
+    else:
+        pilot = pilot_from_notebook((project_root() or Path.cwd()) / "docs" / "notebooks" / "03_ppo_lora.ipynb")
+        power = power_steps(profile, pilot, len(seeds), ppo)
+    steps = power["steps"]
+    every = max(1, math.ceil(steps / (profile.study_eval_points - 1)))
+    design = Design(betas, seeds, seeds[: profile.study_side_seeds], replace(ppo, steps=steps), every, profile.reward)
+    sizing = {"calibration": calibration, "beta_ratios": list(profile.study_beta_ratios),
+              "beta_rule": "β = ratio · reward_sd / kl_sft_base_per_response, to 1 significant figure",
+              "power": power}
+    return design, sizing
+
+
+def run_study(profile: Profile, folder: str | Path | None = None, out=None, force: bool = False,
+              command: str = "make study", execute: bool = True) -> Results:
+    """Run (or resume) the profile's study into `folder`; write its findings, gains, figures and manifest
+    there. `execute=False` runs nothing and reports on the runs that have landed (a study stopped part-way)."""
+    from .arms import yardsticks
+
+    folder = study_dir(profile.name, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    inputs = study_inputs(profile, folder, out)
+    design, sizing = design_for(profile, inputs, folder,
+                                lambda: yardsticks(profile, inputs.sources.merged_dir, inputs.sources.quantize))
+    runs = design.runs()
+    print(f"study on {profile.name}: {len(runs)} runs, β {list(design.betas)}, {len(design.seeds)} seeds, "
+          f"{design.ppo.steps} steps, held-out evaluation every {design.eval_every}", flush=True)
+    results = run_all(runs, inputs, folder, force=force, combined=("metrics", "evaluation", "runs"),
+                      run_missing=execute)
+    write_verdicts(results, design, folder)
+    manifest_file = folder / "manifest.json"
+    manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
+    ran = results.runs
+    manifest.update({
+        "command": command, "profile": profile.name, "design": _jsonable(design), "sizing": sizing,
+        "runs": len(runs), "runs_done": int(len(ran)),
+        "compute_s": float(ran["total_time_s"].sum()) if len(ran) else 0.0,
+        "commits": sorted(set(ran["commit"].astype(str))) if len(ran) else [],
+        "machines": sorted(set(ran["cpu"].astype(str))) if len(ran) else [],
+        "missing": [r.label for r in runs if not (folder / "runs" / r.path / "fingerprint.json").exists()],
+    })
+    done_before = manifest["sessions"][-1]["runs_done"] if manifest["sessions"] else 0
+    manifest["sessions"].append({"started": started.isoformat(timespec="seconds"), "wall_s": time.perf_counter() - clock,
+                                 "executed": execute, "runs_done": int(len(ran)),
+                                 "runs_landed": max(0, int(len(ran)) - done_before), **where_it_ran()})
+    write_json(manifest_file, manifest)
+    return results
+
+
+def _jsonable(design: Design) -> dict:
+    d = asdict(design)
+    d["ppo"] = {k: v for k, v in d["ppo"].items() if k not in ("seed", "init_kl_coef", "adaptive_kl")}
+    d["middle_beta"] = design.middle
+    return d
+
+
+def design_from_manifest(manifest: dict) -> Design:
+    d = dict(manifest["design"])
+    d.pop("middle_beta", None)
+    ppo = PPOConfig(**{**d.pop("ppo"), "adaptive_kl": False})
+    return Design(betas=tuple(d["betas"]), seeds=tuple(d["seeds"]), side_seeds=tuple(d["side_seeds"]),
+                  ppo=replace(ppo, response_len=tuple(ppo.response_len)), eval_every=d["eval_every"],
+                  reward=d["reward"])
+
+
+def write_verdicts(results: Results, design: Design, folder: Path) -> None:
+    """findings.csv, gains.csv and the two figures, from the runs that have landed."""
+    import matplotlib.pyplot as plt
+
+    from .artifacts import save_figure
+    from .plots import dose_response, study_frontier
+
+    claims = study_claims(design)
+    table = findings(results, claims)
+    write_csv(folder / "findings.csv", table)
+    write_csv(folder / "gains.csv", reward_gains(results))
+    if len(results.runs):
+        save_figure(dose_response(results, claims, slopes=table[table.beta == "slope"]), folder / "figures" / "dose_response.png")
+        save_figure(study_frontier(results), folder / "figures" / "frontier.png")
+        plt.close("all")
+
+
+def load_study(folder: str | Path) -> tuple[Results, Design, dict]:
+    """A committed study: its tables, design and manifest (what notebook 05 renders)."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise FileNotFoundError(f"No study in {folder} (manifest.json missing): run `make study` first, or set "
+                                f"RUN_STUDY = True in notebook 05.")
+    manifest = read_json(folder / "manifest.json")
+    return load_results(folder), design_from_manifest(manifest), manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default=None, help="a profile name (default: $TUTORIAL_PROFILE or smol)")
+    parser.add_argument("--study-dir", default=None, help="default: docs/study/<profile>/")
+    parser.add_argument("--out", default=None, help="the output folder with 01's adapter (default: outputs/)")
+    parser.add_argument("--force", action="store_true", help="re-run finished runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite findings, figures and manifest from the runs that landed")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    run_study(profile, args.study_dir, args.out, force=args.force, execute=not args.report_only,
+              command="make study" + (f" PROFILE={profile.name}" if args.profile else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# --- the thread's questions, each answered from the verdicts -------------------------------------------------
+
+
+def _summary(row) -> str:
+    ci = "" if row["ci_low"] in ("", None) or pd.isna(row["ci_low"]) else \
+        f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
+    return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {int(row['n_seeds'])} seeds)"
+
+
+def thread_answers(table: pd.DataFrame, design: Design) -> pd.DataFrame:
+    """The thread's four questions, each with a one-line answer composed from the findings table (`findings` of
+    `study_claims`): the effect, its 95% interval, the verdict and the number of paired seeds."""
+    t = table.set_index(["claim", "beta"])
+    mid = f"{design.middle:g}"
+
+    def row(claim, beta=mid):
+        return t.loc[(claim, beta)] if (claim, beta) in t.index else None
+
+    def say(claim, beta=mid, what=""):
+        r = row(claim, beta)
+        return f"{what}{_summary(r)}" if r is not None else f"{what}not run yet"
+
+    pull = "the pitfall pulls the policy towards the base"
+    answers = [
+        ("Why merge? (keep the SFT adapter, reference = adapters disabled = the base)",
+         say(pull, what=f"at β = {mid}, Δ KL to the base (nats/token), pitfall − control: ") + "; " +
+         say("the pitfall raises held-out IMDB perplexity", what="Δ perplexity: ") + "; " +
+         say(f"{pull}, more so at larger β", "slope", "slope of the pull per ×10 of β: ")),
+        ("Why not keep training the SFT adapter, with the SFT adapter as the reference?",
+         say("keeping the SFT adapter (right reference) reaches less reward at matched KL to SFT than merging",
+             what="held-out reward at matched KL to SFT, kept − merged: ") + "; " +
+         say("keeping the SFT adapter (right reference) gains less reward per step than merging",
+             what="gain per step: ")),
+        ("Does SFT first make RL converge faster than RL from the base?",
+         say("SFT first gains more held-out reward than RL from the base", what="reward gain, SFT first − base: ")
+         + "; " + say("SFT first reaches more reward at matched KL to its reference than RL from the base",
+                      what="at matched KL to each one's reference: ")),
+        ("Can I stack a new LoRA on the frozen SFT adapter instead of merging?",
+         say("stacking the SFT adapter under a new LoRA equals merging it",
+             what="largest relative difference from merged+disabled in any curve: ")),
+    ]
+    return pd.DataFrame(answers, columns=["question", "answer from the study"])
+
+
+def readme_block(folder: str | Path) -> str:
+    """The README's study section, generated from a committed study (`make publish` writes it)."""
+    results, design, manifest = load_study(folder)
+    table = findings(results, study_claims(design))
+    answers = thread_answers(table, design)
+    when = manifest["sessions"][-1]["started"][:10] if manifest.get("sessions") else "?"
+    lines = [f"From the committed study in `docs/study/{manifest['profile']}/` (`{manifest['command']}`; "
+             f"{manifest['runs_done']} of {manifest['runs']} runs done, last session {when}, machines: "
+             f"{', '.join(manifest['machines'])}); rendered by "
+             f"[notebook 05](docs/notebooks/05_study.ipynb). Effects are 95% intervals over paired seeds.", "",
+             "| question | answer from the study |", "| --- | --- |"]
+    lines += [f"| {q} | {a} |" for q, a in answers.itertuples(index=False)]
+    return "\n".join(lines)

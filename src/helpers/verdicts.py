@@ -1,0 +1,272 @@
+"""Verdicts from paired seeds: each claim against the arm that differs from it in one thing only.
+
+A claim's per-seed values are arm minus control on the same seed (the same prompts, rollout seed and
+held-out evaluation), or a quantity that needs both arms at once (their reward at the KL both reached, the
+largest difference between their curves). The verdict is "as expected" when the 95% t-interval over seeds
+lies on the expected side of zero, "differs" when it lies on the other side, and "inconclusive" otherwise,
+with the bound the interval does give (|effect| < X) and the seeds that would settle it at the measured
+spread. `over_beta` claims are dose-responses: per seed, the slope of the effect against log10 β.
+
+Checks that hold by construction (step-0 KL, a copy equal to its twin, twice the weights) are claims of
+kind "sanity", shown apart from the findings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .evaluation import t_interval
+from .runs import Results
+
+def seeds_needed(values, cap: int = 10_000) -> int | None:
+    """Smallest number of seeds whose 95% interval, at the measured mean and spread, would exclude zero.
+    None where the measured mean is zero or fewer than 2 seeds ran; `cap` means "more than cap"."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2 or np.mean(x) == 0:
+        return None
+    ratio = float(np.std(x, ddof=1)) / abs(float(np.mean(x)))
+    for m in range(2, cap):
+        if stats.t.ppf(0.975, m - 1) * ratio / math.sqrt(m) < 1:
+            return m
+    return cap
+
+
+def verdict(diffs, expected: str, tolerance: float = 0.0, grows_with_steps: bool = False, target: float = 0.0) -> dict:
+    """The verdict on per-seed differences (arm minus control).
+
+    expected ">0" / "<0": "as expected" if the 95% interval lies on that side of zero, "differs" if it
+    lies on the other side, else "inconclusive" with the seeds (or, for an effect that accumulates over
+    training, the factor on steps) that would settle it at the measured spread. expected "=": an
+    equality claim, "as expected" if every per-seed value is within `tolerance` of `target` (exact
+    equality, or a ratio fixed by construction, has no seed-to-seed spread to put an interval on).
+    """
+    mean, low, high, n = t_interval(diffs)
+    row = {"effect": mean, "ci_low": low, "ci_high": high, "n_seeds": n, "to_settle": ""}
+    if expected == "=":
+        x = np.asarray(diffs, dtype=float)
+        if not n:
+            return {**row, "verdict": "inconclusive", "to_settle": "no paired seeds"}
+        worst = float(x[np.argmax(np.abs(x - target))])
+        row.update(effect=worst, verdict="as expected" if abs(worst - target) <= tolerance else "differs",
+                   to_settle=f"every one of {n} paired seed(s) within {tolerance:g} of {target:g}")
+        return row
+    if expected not in (">0", "<0"):
+        raise ValueError(f"expected must be '>0', '<0' or '=', not {expected!r}")
+    sign = 1 if expected == ">0" else -1
+    if n >= 2 and sign * low > 0 and sign * high > 0:
+        row["verdict"] = "as expected"
+    elif n >= 2 and sign * low < 0 and sign * high < 0:
+        row["verdict"] = "differs"
+    else:
+        row["verdict"] = "inconclusive"
+        m = seeds_needed(diffs)
+        bound = f"|effect| < {max(abs(low), abs(high)):.3g} (95%); " if n >= 2 else ""
+        if m is None:
+            row["to_settle"] = bound + ("needs at least 2 seeds" if n < 2 else "no effect measured")
+        else:
+            row["to_settle"] = bound + f"≈ {m}{'+' if m >= 10_000 else ''} seeds to settle"
+            if grows_with_steps:
+                row["to_settle"] += f", or ≈ {m / n:.1f}× the steps with {n} seeds (if the effect grows linearly)"
+    return row
+
+
+# the claims of the thread, each against the arm that differs from it in one thing only
+@dataclass(frozen=True)
+class Claim:
+    claim: str
+    arm: str
+    control: str
+    measure: str  # a key of MEASURES
+    expected: str  # sign of (arm - control): ">0", "<0", or "=" (equal to `target`)
+    study: str = "main"
+    tolerance: float = 0.0  # "=" claims: every per-seed value within tolerance of `target`
+    target: float = 0.0
+    combine: str = "difference"  # per seed: arm - control, or arm / control ("ratio")
+    beta: float | None = None  # the runs at this fixed KL coefficient only (None: the study's only setting)
+    over_beta: bool = False  # a dose-response: per seed, the slope of (arm - control) against log10 β
+    kind: str = "finding"  # or "sanity": true by construction, shown apart
+
+
+def _eval_at(results: Results, arm: str, column: str, where: str) -> pd.Series:
+    e = results.evaluation[results.evaluation["arm"] == arm]
+    if not len(e):
+        return pd.Series(dtype=float)
+    steps = e.groupby("seed")["step"].transform("min" if where == "first" else "max")
+    return e[e["step"] == steps].set_index("seed")[column]
+
+
+def _curve_difference(results: Results, arm: str, control: str, relative: bool = False) -> pd.Series:
+    """Per seed: the largest |difference| in any reward, KL, loss or perplexity column at the steps both ran
+    (`relative`: divided by max(1, |control|), so perplexities of ~60 and KLs of ~0.1 share one tolerance)."""
+    out = {}
+    for table in (results.metrics, results.evaluation):
+        cols = [c for c in table.columns if c.startswith(("reward", "kl_", "policy_loss", "value_loss", "perplexity"))]
+        a = table[table["arm"] == arm].set_index(["seed", "step"])[cols]
+        b = table[table["arm"] == control].set_index(["seed", "step"])[cols]
+        both = a.index.intersection(b.index)
+        diff = (a.loc[both] - b.loc[both]).abs()
+        if relative:
+            diff = diff / b.loc[both].abs().clip(lower=1.0)
+        for seed, d in diff.groupby(level="seed"):
+            out[seed] = max(out.get(seed, 0.0), float(d.max().max()))
+    return pd.Series(out, dtype=float)
+
+
+def at_kl(kl, reward, target: float) -> float:
+    """The reward where a run's path of evaluations (in step order) first reaches KL `target`, linearly
+    interpolated between the two evaluations around it."""
+    kl, reward = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float)
+    if target <= kl[0]:
+        return float(reward[0])
+    for i in range(1, len(kl)):
+        if kl[i] >= target:
+            frac = (target - kl[i - 1]) / (kl[i] - kl[i - 1]) if kl[i] > kl[i - 1] else 1.0
+            return float(reward[i - 1] + frac * (reward[i] - reward[i - 1]))
+    return float("nan")  # never reached
+
+
+def reward_at_matched_kl(results: Results, arm: str, control: str, kl: str) -> pd.Series:
+    """Per seed: held-out reward of arm minus control at the largest KL (column `kl`) both runs reached,
+    read from each run's reward–KL path: a fresh LoRA (B = 0) and a continued adapter move at different
+    speeds, so matched steps would compare different amounts of drift."""
+    e = results.evaluation.sort_values("step")
+    out = {}
+    for seed in sorted(set(e[e.arm == arm].seed) & set(e[e.arm == control].seed)):
+        a, b = (e[(e.arm == name) & (e.seed == seed)] for name in (arm, control))
+        target = min(a[kl].max(), b[kl].max())
+        out[seed] = at_kl(a[kl], a["reward_mean"], target) - at_kl(b[kl], b["reward_mean"], target)
+    return pd.Series(out, dtype=float)
+
+
+def _gain(r: Results, a: str, per_step: bool = False) -> pd.Series:
+    gain = _eval_at(r, a, "reward_mean", "last") - _eval_at(r, a, "reward_mean", "first")
+    if per_step:
+        gain = gain / r.evaluation[r.evaluation["arm"] == a].groupby("seed")["step"].max()
+    return gain
+
+
+MEASURES: dict[str, tuple[str, Callable[[Results, str], pd.Series]]] = {
+    "kl_ref_start": ("held-out KL to its reference at step 0 (nats/token)",
+                     lambda r, a: _eval_at(r, a, "kl_ref_exact", "first")),
+    "kl_base_change": ("change in held-out KL to the base, end minus step 0 (nats/token)",
+                       lambda r, a: _eval_at(r, a, "kl_base_exact", "last") - _eval_at(r, a, "kl_base_exact", "first")),
+    "kl_sft_end": ("held-out KL to the SFT model at the end (nats/token)",
+                   lambda r, a: _eval_at(r, a, "kl_sft_exact", "last")),
+    "perplexity_end": ("held-out IMDB perplexity at the end",
+                       lambda r, a: _eval_at(r, a, "perplexity", "last")),
+    "reward_end": ("held-out reward at the end", lambda r, a: _eval_at(r, a, "reward_mean", "last")),
+    "reward_gain": ("held-out reward gain, end minus step 0", _gain),
+    "reward_gain_per_step": ("held-out reward gain per PPO step", lambda r, a: _gain(r, a, per_step=True)),
+    "step_time": ("seconds per PPO step (median, warm-up excluded)",
+                  lambda r, a: r.runs[r.runs["arm"] == a].set_index("seed")["step_time_median_s"]),
+    "model_bytes": ("MiB of weights held",
+                    lambda r, a: r.runs[r.runs["arm"] == a].set_index("seed")["model_bytes"] / 2**20),
+}
+
+# measures that need both arms of a seed at once: (unit, per-seed values from (results, arm, control))
+PAIRED: dict[str, tuple[str, Callable[[Results, str, str], pd.Series]]] = {
+    "curves": ("largest |difference| in any curve", _curve_difference),
+    "curves_relative": ("largest |difference| in any curve, relative to max(1, |control|)",
+                        lambda r, a, c: _curve_difference(r, a, c, relative=True)),
+    "reward_at_kl_sft": ("held-out reward at the KL to the SFT model both reached",
+                         lambda r, a, c: reward_at_matched_kl(r, a, c, "kl_sft_exact")),
+    "reward_at_kl_ref": ("held-out reward at the KL to its own reference both reached",
+                         lambda r, a, c: reward_at_matched_kl(r, a, c, "kl_ref_exact")),
+}
+
+CLAIMS = [
+    Claim("the pitfall: KL to the reference starts at KL(SFT‖base) > 0", "adapter+disabled", "adapter+ref-adapter",
+          "kl_ref_start", ">0", kind="sanity"),
+    Claim("the pitfall pulls the policy towards the base", "adapter+disabled", "adapter+ref-adapter",
+          "kl_base_change", "<0"),
+    Claim("the pitfall drifts further from the SFT model", "adapter+disabled", "adapter+ref-adapter",
+          "kl_sft_end", ">0"),
+    Claim("the pitfall raises held-out IMDB perplexity", "adapter+disabled", "adapter+ref-adapter",
+          "perplexity_end", ">0"),
+    Claim("the penalty alone pulls the pitfall towards the base", "adapter+disabled", "adapter+ref-adapter",
+          "kl_base_change", "<0", study="penalty"),
+    Claim("the penalty alone raises the pitfall's perplexity", "adapter+disabled", "adapter+ref-adapter",
+          "perplexity_end", ">0", study="penalty"),
+    Claim("SFT first ends with a higher held-out reward than RL from the base", "merged+disabled", "base+disabled",
+          "reward_end", ">0"),
+    Claim("after merging, an explicit reference equals None", "merged+copy", "merged+disabled",
+          "curves", "=", tolerance=1e-4, kind="sanity"),
+    Claim("an explicit copy holds twice the weights", "merged+copy", "merged+disabled", "model_bytes", "=",
+          tolerance=0.2, target=2.0, combine="ratio", kind="sanity"),
+    Claim("keeping the SFT adapter unmerged is slower per step", "adapter+ref-adapter", "merged+disabled",
+          "step_time", ">0"),
+]
+
+FINDING_COLUMNS = ["kind", "claim", "study", "beta", "arm", "control", "measure", "expected", "effect", "ci_low",
+                   "ci_high", "n_seeds", "verdict", "to_settle"]
+GROWS_WITH_STEPS = {"kl_base_change", "kl_sft_end", "perplexity_end", "reward_end", "reward_gain"}
+
+
+def paired_values(results: Results, c: Claim) -> tuple[str, pd.Series]:
+    """(unit, per-seed values) of claim `c` on `results` (already narrowed to its study and β)."""
+    if c.measure in PAIRED:
+        unit, measure = PAIRED[c.measure]
+        return unit, measure(results, c.arm, c.control).dropna()
+    unit, measure = MEASURES[c.measure]
+    a, b = measure(results, c.arm), measure(results, c.control)
+    values = (a / b if c.combine == "ratio" else a - b).dropna()  # paired by seed
+    return (f"{unit}, arm / control" if c.combine == "ratio" else unit), values
+
+
+def beta_slopes(results: Results, c: Claim) -> tuple[str, pd.Series]:
+    """Per seed: the least-squares slope of (arm - control) against log10 β over the β values it ran."""
+    runs = results.select(c.study).runs
+    per_beta = {}
+    for beta in sorted(set(runs["beta"].dropna())):
+        _, per_beta[beta] = paired_values(results.select(c.study, beta), replace(c, beta=beta, over_beta=False))
+    frame = pd.DataFrame(per_beta)  # seeds x β
+    slopes = {}
+    for seed, row in frame.iterrows():
+        row = row.dropna()
+        if len(row) >= 2:
+            slopes[seed] = float(np.polyfit(np.log10(row.index.to_numpy(dtype=float)), row.to_numpy(), 1)[0])
+    unit = MEASURES[c.measure][0] if c.measure in MEASURES else PAIRED[c.measure][0]
+    return f"slope of Δ {unit} per ×10 of β", pd.Series(slopes, dtype=float)
+
+
+def findings(results: Results, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
+    """One row per claim whose arm and control both ran: the control, the effect (arm minus control, per
+    paired seed), its 95% interval, the number of seeds and the verdict."""
+    rows = []
+    for c in claims:
+        r = results.select(c.study) if c.over_beta else results.select(c.study, c.beta)
+        if not len(r.runs) or not {c.arm, c.control} <= set(r.runs["arm"]):
+            continue
+        unit, values = beta_slopes(results, c) if c.over_beta else paired_values(r, c)
+        rows.append({"kind": c.kind, "claim": c.claim, "study": c.study,
+                     "beta": "slope" if c.over_beta else ("" if c.beta is None else f"{c.beta:g}"),
+                     "arm": c.arm, "control": c.control, "measure": unit, "expected": c.expected,
+                     **verdict(values.to_numpy(), c.expected, c.tolerance,
+                               c.measure in GROWS_WITH_STEPS and not c.over_beta, c.target)})
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
+
+
+SIGNED = {"effect", "ci_low", "ci_high", "gain", "z"}  # differences: their sign is the finding
+
+
+def readable(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A table as plain strings: the same in a notebook's HTML, in plain text and in nbval. Differences carry
+    their sign (never -0.000); other numbers are plain; a missing value is a dash."""
+    def number(x, signed):
+        if isinstance(x, (float, np.floating)):
+            if math.isnan(x):
+                return "–"
+            if not signed:
+                return f"{x:.{digits}g}"
+            text = f"{x:+.{digits}f}" if abs(x) >= 10 ** -digits or x == 0 else f"{x:+.1e}"
+            return "+" + text[1:] if text.strip("+-0.") == "" else text
+        return x
+    return pd.DataFrame({c: [number(x, c in SIGNED) for x in table[c]] for c in table.columns},
+                        index=table.index).astype(str)

@@ -1,0 +1,197 @@
+"""The full study (helpers.study, `make study`, notebook 05): its sizing, its design, a whole run on `tiny`
+(resume, verdicts, the stacked equality), the β = 0 null control, and the committed smol study."""
+
+import math
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import get_profile
+from helpers.artifacts import read_json, stage_dir
+from helpers.runs import Results, Run, inputs_from_outputs, run_all
+from helpers.study import (AT_MIDDLE, EVERY_BETA, STUDY, beta_grid, load_study, pilot_from_notebook, power_steps,
+                           run_study, study_claims, study_dir)
+from helpers.verdicts import Claim, findings
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+# --- sizing (fast) -----------------------------------------------------------------------------------------
+
+
+def test_the_beta_grid_puts_the_penalty_at_the_given_multiples_of_the_reward_spread():
+    calibration = {"reward_sd": 1.5, "kl_sft_base_per_response": 5.0}
+    assert beta_grid(calibration, (0.1, 1.0, 10.0)) == (0.03, 0.3, 3.0)
+    assert beta_grid({**calibration, "reward_sd": 3.0}, (0.1, 1.0, 10.0)) == (0.06, 0.6, 6.0)
+
+
+def test_power_needs_more_steps_for_more_confidence_or_fewer_seeds():
+    smol = get_profile("smol")
+    pilot = {"gain": 0.28, "se": 0.084, "prompts": 64, "steps": 20, "batch_size": 16, "mini_batch_size": 8,
+             "ppo_epochs": 2}
+    ppo = replace(__import__("helpers.ppo", fromlist=["x"]).config_from_profile(smol), batch_size=8, mini_batch_size=4)
+    base = power_steps(smol, pilot, 6, ppo)
+    assert base["steps"] % (smol.study_eval_points - 1) == 0 and base["expected_z"] >= smol.study_target_z
+    assert power_steps(smol, pilot, 3, ppo)["steps"] > base["steps"]
+    assert power_steps(replace(smol, study_target_z=6.0), pilot, 6, ppo)["steps"] > base["steps"]
+    assert power_steps(smol, {**pilot, "gain": 0.56}, 6, ppo)["steps"] < base["steps"]
+
+
+def test_the_pilot_is_read_from_the_published_notebook_03():
+    pilot = pilot_from_notebook(ROOT / "docs" / "notebooks" / "03_ppo_lora.ipynb")
+    assert pilot["prompts"] > 1 and pilot["se"] > 0 and pilot["steps"] >= 1 and pilot["batch_size"] >= 1
+    with pytest.raises(ValueError, match="paired-gain table"):
+        pilot_from_notebook(ROOT / "notebooks" / "03_ppo_lora.ipynb")  # unexecuted: no outputs
+
+
+def test_a_dose_response_is_the_per_seed_slope_against_log_beta():
+    """Per seed, effect = seed-specific intercept + 0.5 * log10(β): every slope is 0.5, the interval a point."""
+    rows, runs = [], []
+    for beta in (0.03, 0.3, 3.0):
+        for seed in range(3):
+            for arm, effect in [("adapter+disabled", seed + 0.5 * math.log10(beta)), ("adapter+ref-adapter", 0.0)]:
+                for step in (0, 6):
+                    rows.append({"study": STUDY, "arm": arm, "beta": beta, "seed": seed, "step": step,
+                                 "kl_sft_exact": effect if step else 0.0})
+                runs.append({"study": STUDY, "arm": arm, "beta": beta, "seed": seed})
+    e = pd.DataFrame(rows)
+    results = Results(e.iloc[:0], e, e.iloc[:0], pd.DataFrame(runs))
+    claim = Claim("drift grows", "adapter+disabled", "adapter+ref-adapter", "kl_sft_end", ">0", study=STUDY,
+                  over_beta=True)
+    row = findings(results, [claim]).iloc[0]
+    assert row.beta == "slope" and row.effect == pytest.approx(0.5) and row.n_seeds == 3
+    assert row.ci_low == pytest.approx(0.5) and row.verdict == "as expected"
+
+
+# --- a whole study on tiny ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_outputs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    return folder, run_study(get_profile("tiny"), folder, out=tiny_outputs)
+
+
+@pytest.mark.slow
+def test_the_design_runs_every_claim_arm_seed_by_seed(tiny_study):
+    folder, results = tiny_study
+    _, design, manifest = load_study(folder)
+    tiny = get_profile("tiny")
+    assert len(design.betas) == 3 and list(design.betas) == sorted(design.betas) and design.middle == design.betas[1]
+    runs = design.runs()
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)  # a study stopped part-way has whole seeds
+    cells = {(r.arm, r.beta) for r in runs}
+    assert cells >= {(a, b) for a in EVERY_BETA for b in design.betas}
+    assert {a for a, b in cells if b != design.middle} == set(EVERY_BETA)  # recipe arms: middle β only
+    assert {r.seed for r in runs if r.arm == "stacked"} == set(range(tiny.study_side_seeds))
+    assert all(r.ppo.adaptive_kl is False and r.ppo.init_kl_coef == r.beta for r in runs)
+    assert len(results.runs) == len(runs) == manifest["runs_done"] == manifest["runs"]
+    e = results.evaluation  # at least study_eval_points evaluations per run, the same prompts in every run
+    assert (e.groupby(["arm", "beta", "seed"]).step.nunique() >= tiny.study_eval_points).all()
+    assert manifest["sizing"]["power"]["fixed_by"] == "Profile.study_steps"
+    assert {"kl_sft_base_per_response", "reward_sd"} <= set(manifest["sizing"]["calibration"])
+
+
+@pytest.mark.slow
+def test_the_committed_verdicts_are_the_tables_recomputed(tiny_study):
+    folder, _ = tiny_study
+    results, design, _ = load_study(folder)
+    committed = pd.read_csv(folder / "findings.csv", keep_default_na=False)
+    again = findings(results, study_claims(design))
+    assert list(committed.claim) == list(again.claim) and len(again) >= 10
+    np.testing.assert_allclose(committed.effect.astype(float), again.effect.astype(float), rtol=1e-9)
+    assert list(committed.verdict) == list(again.verdict)
+    assert set(again[again.kind == "sanity"].claim) == {"the pitfall: KL to the reference starts at KL(SFT‖base) > 0"}
+    assert (again[again.beta == "slope"].measure.str.contains("per ×10 of β")).all()
+
+
+@pytest.mark.slow
+def test_stacked_equals_merged_disabled_within_float_tolerance(tiny_study):
+    """Frozen SFT adapter + new LoRA computes (W + BA)x + new(x) as W x + BA x + new(x): the same run."""
+    folder, results = tiny_study
+    table = pd.read_csv(folder / "findings.csv", keep_default_na=False).set_index("claim")
+    row = table.loc["stacking the SFT adapter under a new LoRA equals merging it"]
+    assert row.verdict == "as expected" and float(row.effect) < 1e-3
+    e = results.evaluation.set_index(["arm", "seed", "step"]).sort_index()
+    np.testing.assert_allclose(e.loc["stacked"].reward_mean, e.loc["merged+disabled"].loc[e.loc["stacked"].index]
+                               .reward_mean, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_and_skips_every_landed_run(tiny_study, tiny_outputs, capsys):
+    folder, results = tiny_study
+    again = run_study(get_profile("tiny"), folder, out=tiny_outputs)
+    said = capsys.readouterr().out
+    assert said.count("results exist with the same settings, skipped") == len(results.runs) and " ran (" not in said
+    pd.testing.assert_frame_equal(again.evaluation, results.evaluation)
+    assert len(read_json(folder / "manifest.json")["sessions"]) == 2
+    # a study stopped part-way: the report covers what landed, and the next run executes only the missing run
+    gone = folder / "runs" / "fixed-beta" / "stacked"
+    label = "/".join(next(gone.rglob("fingerprint.json")).parent.relative_to(folder / "runs").parts)
+    shutil.rmtree(gone)
+    partial = run_study(get_profile("tiny"), folder, out=tiny_outputs, execute=False)
+    said = capsys.readouterr().out
+    assert f"{label}: not run yet; left for a later run" in said and " ran (" not in said
+    assert len(partial.runs) == len(results.runs) - 1 and read_json(folder / "manifest.json")["missing"] == [label]
+    run_study(get_profile("tiny"), folder, out=tiny_outputs)
+    said = capsys.readouterr().out
+    assert said.count(" ran (not run yet)") == 1 and f"{label}: ran" in said
+    assert read_json(folder / "manifest.json")["missing"] == []
+
+
+# --- the β = 0 null control -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_at_beta_zero_the_pitfall_and_its_control_are_the_same_run(tiny, tiny_outputs, tmp_path):
+    """At β = 0 the reference has no weight: the pitfall (reference = base) and its control (reference = the
+    SFT adapter) must give the same rollouts, losses, trained weights and held-out numbers; only the logged KL
+    to each arm's own reference differs."""
+    from helpers.data import load_imdb, ppo_queries
+    from helpers.models import load_tokenizer
+    from helpers.ppo import config_from_profile
+    from helpers.rewards import load_reward
+
+    tokenizer = load_tokenizer(stage_dir(tiny_outputs, "tiny", "02_merge") / "model")
+    data = load_imdb(tiny)
+    queries = ppo_queries(data["train"]["text"], tokenizer, n=3 * tiny.ppo_batch_size, seed=0)
+    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1)
+    inputs = inputs_from_outputs(tiny, tiny_outputs, tokenizer, queries, eval_queries, load_reward(tiny),
+                                 list(data["heldout"]["text"][:4]))
+    ppo = config_from_profile(tiny, steps=3, adaptive_kl=False, init_kl_coef=0.0)
+    runs = [Run("null", arm, 0, ppo, tiny.reward, 3) for arm in EVERY_BETA]
+    r = run_all(runs, inputs, tmp_path)
+    own = {"kl_ref", "kl_ref_exact"}
+    timing = {"gen_s", "score_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes", "eval_s"}
+    for table in (r.metrics, r.evaluation, r.samples):
+        pit, ctl = (table[table.arm == a].drop(columns=["arm"]).reset_index(drop=True) for a in EVERY_BETA)
+        same = [c for c in pit.columns if c not in own | timing]
+        pd.testing.assert_frame_equal(pit[same], ctl[same], check_exact=True)
+    assert r.runs.set_index("arm").trained_weights.nunique() == 1  # bit-identical LoRA and value-head weights
+    pit, ctl = (r.metrics[r.metrics.arm == a] for a in EVERY_BETA)
+    assert (pit.kl_ref_exact.to_numpy() > ctl.kl_ref_exact.to_numpy() + 1e-3).all()  # the references did differ
+
+
+# --- the committed smol study ------------------------------------------------------------------------------
+
+
+def test_the_committed_smol_study_recomputes_to_its_committed_verdicts():
+    folder = study_dir("smol")
+    results, design, manifest = load_study(folder)
+    committed = pd.read_csv(folder / "findings.csv", keep_default_na=False)
+    again = findings(results, study_claims(design))
+    assert list(committed.claim) == list(again.claim)
+    np.testing.assert_allclose(committed.effect.astype(float), again.effect.astype(float), rtol=1e-9)
+    assert list(committed.verdict) == list(again.verdict)
+    assert manifest["runs_done"] == len(results.runs) and set(results.runs.arm) <= set(EVERY_BETA + AT_MIDDLE) | {"stacked"}
+    assert set(results.runs.commit) and set(results.runs.cpu)  # each run says where it came from
+
+
+def test_the_readme_answers_are_generated_from_the_committed_study():
+    """`make publish` regenerates the README's study block; on the committed study it changes nothing."""
+    from helpers.publish import readme_with_study
+
+    text = (ROOT / "README.md").read_text()
+    assert readme_with_study(text, study_dir("smol")) == text
