@@ -49,17 +49,17 @@ def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, ti
     ax.fill_between(evaluation["step"], low, high, alpha=0.25, color="C0")
     ax.plot(evaluation["step"], evaluation["reward_mean"], marker="o", color="C0",
             label=f"{prompts} fixed held-out prompts (95% CI)")
-    ax.set(xlabel="PPO updates", ylabel="reward (reward-model logit)", title="reward")
+    ax.set(xlabel="PPO steps done", ylabel="reward (reward-model logit)", title="reward")
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.plot(metrics["step"], metrics["kl_ref_exact"], color="0.6", alpha=0.6, linewidth=1, marker=".",
             label="this step's batch")
     ax.plot(evaluation["step"], evaluation["kl_ref_exact"], marker="o", color="C3", label="held-out prompts")
-    ax.set(xlabel="PPO updates", ylabel="KL(policy ‖ reference), nats per token", title="KL to the reference")
+    ax.set(xlabel="PPO steps done", ylabel="KL(policy ‖ reference), nats per token", title="KL to the reference")
     ax.legend(fontsize=8)
     if beta_moved:
         axes[2].plot(metrics["step"], metrics["kl_coef"], marker="o")
-        axes[2].set(xlabel="PPO updates", ylabel="β (penalty per nat)", title="KL coefficient")
+        axes[2].set(xlabel="PPO steps done", ylabel="β (penalty per nat)", title="KL coefficient")
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
     beta = "" if beta_moved else f"; β = {metrics['kl_coef'].iloc[0]:.3g} throughout (moved < 5%)"

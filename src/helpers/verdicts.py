@@ -23,6 +23,7 @@ import pandas as pd
 from .evaluation import t_interval
 from .runs import Results
 
+
 def seeds_needed(values, cap: int = 10_000) -> int | None:
     """Smallest number of seeds whose 95% interval, at the measured mean and spread, would exclude zero.
     None where the measured mean is zero or fewer than 2 seeds ran; `cap` means "more than cap"."""
@@ -83,7 +84,7 @@ class Claim:
     claim: str
     arm: str
     control: str
-    measure: str  # a key of MEASURES
+    measure: str  # a key of MEASURES (one arm at a time) or of PAIRED (both arms of a seed at once)
     expected: str  # sign of (arm - control): ">0", "<0", or "=" (equal to `target`)
     study: str = "main"
     tolerance: float = 0.0  # "=" claims: every per-seed value within tolerance of `target`
