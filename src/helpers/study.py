@@ -378,8 +378,9 @@ if __name__ == "__main__":
 
 
 def _summary(row) -> str:
-    ci = "" if row["ci_low"] in ("", None) or pd.isna(row["ci_low"]) else \
-        f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
+    """effect [95% interval] (verdict, n seeds); an equality claim's effect is its worst seed, no interval."""
+    no_interval = row["expected"] == "=" or row["ci_low"] in ("", None) or pd.isna(row["ci_low"])
+    ci = "" if no_interval else f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
     return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {int(row['n_seeds'])} seeds)"
 
 
@@ -413,7 +414,7 @@ def thread_answers(table: pd.DataFrame, design: Design) -> pd.DataFrame:
                       what="at matched KL to each one's reference: ")),
         ("Can I stack a new LoRA on the frozen SFT adapter instead of merging?",
          say("stacking the SFT adapter under a new LoRA equals merging it",
-             what="largest relative difference from merged+disabled in any curve: ")),
+             what="largest relative difference from merged+disabled in any curve, worst seed: ")),
     ]
     return pd.DataFrame(answers, columns=["question", "answer from the study"])
 
