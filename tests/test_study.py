@@ -195,3 +195,16 @@ def test_the_readme_answers_are_generated_from_the_committed_study():
 
     text = (ROOT / "README.md").read_text()
     assert readme_with_study(text, study_dir("smol")) == text
+
+
+def test_the_power_check_compares_the_recipe_with_the_planned_z():
+    """The study says whether RL moved as its power calculation planned, from the recipe's measured z."""
+    from helpers.study import power_check, reward_gains
+
+    results, design, manifest = load_study(study_dir("smol"))
+    gains = reward_gains(results)
+    z = float(gains[(gains.arm == "merged+disabled") & (gains.beta == design.middle)].z.iloc[0])
+    planned = lambda target: {**manifest, "sizing": {"power": {**manifest["sizing"]["power"], "target_z": target}}}
+    assert "moved as planned" in power_check(results, design, planned(z - 0.01))
+    assert "less than the power calculation planned" in power_check(results, design, planned(z + 0.01))
+    assert f"z {z:.2f}" in power_check(results, design, manifest)

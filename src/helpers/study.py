@@ -208,6 +208,21 @@ def reward_gains(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def power_check(results: Results, design: Design, manifest: dict) -> str:
+    """The power calculation's promise against what the recipe did: its gain and z at the middle β."""
+    power = manifest["sizing"]["power"]
+    gains = reward_gains(results)
+    row = gains[(gains.arm == "merged+disabled") & (gains.beta == design.middle)]
+    if row.empty:
+        return "The recipe has not run yet: no check of the power calculation."
+    got = row.iloc[0]
+    verdict = "RL moved as planned" if got.z > power["target_z"] else "RL moved less than the power calculation planned"
+    return (f"Sized for the recipe's held-out reward gain at β = {design.middle:g} to reach z {power['target_z']:g} "
+            f"(expected gain {power['expected_gain']:+.3g}, z {power['expected_z']:.2f}); measured "
+            f"{got.gain:+.3g} [{got.ci_low:+.3g}, {got.ci_high:+.3g}], z {got.z:.2f} over {got.n_seeds} seeds: "
+            f"{verdict}.")
+
+
 # --- running it ------------------------------------------------------------------------------------------
 
 
@@ -431,4 +446,5 @@ def readme_block(folder: str | Path) -> str:
              f"[notebook 05](docs/notebooks/05_study.ipynb). Effects are 95% intervals over paired seeds.", "",
              "| question | answer from the study |", "| --- | --- |"]
     lines += [f"| {q} | {a} |" for q, a in answers.itertuples(index=False)]
+    lines += ["", power_check(results, design, manifest)]
     return "\n".join(lines)
