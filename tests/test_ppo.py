@@ -281,3 +281,48 @@ def test_token_fraction_reward(tokenizer):
 def test_vader_reward_orders_sentiment():
     scores = vader_reward()(["This film is wonderful and moving.", "This film is awful and boring."])
     assert scores[0] > 0.5 and scores[1] < -0.5
+
+
+def test_one_step_by_hand_as_notebook_03_shows_it_equals_one_step_of_train(tiny, sft_outputs, tokenizer, queries):
+    """03's walkthrough (the functions `train` calls, in its order) and `train` must not drift apart: one step
+    by hand gives the same rollout, scores, KL, losses and trained weights as train(steps=1)."""
+    import numpy as np
+
+    from helpers.ppo import (gae, gather_logprobs, kl_exact, log_softmax, per_token_rewards, policy_forward,
+                             ppo_epochs, step_batch, trainable_parameters, whiten)
+    from helpers.runs import weights_hash
+
+    config = config_from_profile(tiny, steps=1)
+    reward = vader_reward()
+    by_train = arm("merged+disabled", tiny, sft_outputs)
+    metrics = train(by_train.policy, by_train.value_head, by_train.reference, tokenizer, queries, reward, config,
+                    progress=False)
+
+    a = arm("merged+disabled", tiny, sft_outputs)  # the same seed: the same new LoRA and value head
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    a.policy.eval()
+    batch, lengths = step_batch(queries, 0, config, rng)
+    ro = rollout(a.policy, tokenizer, batch, lengths)
+    scores = reward(ro.texts).float()
+    mask = ro.response_mask.float()
+    with torch.no_grad():
+        logits, values = policy_forward(a.policy, a.value_head, *ro.rows(slice(None)))
+        logp = log_softmax(logits)
+        logprobs = gather_logprobs(logp, ro.response_tokens)
+        ref_logp = log_softmax(a.reference.logits(*ro.rows(slice(None))))
+        ref_logprobs = gather_logprobs(ref_logp, ro.response_tokens)
+        rewards = per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=config.init_kl_coef)
+        advantages, returns = gae(rewards, values * mask, mask, config.gamma, config.lam)
+        advantages = whiten(advantages, mask)
+    params = trainable_parameters(a.policy, a.value_head)
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    stats = np.mean(ppo_epochs(a.policy, a.value_head, optimizer, ro, logprobs, values, advantages, returns, config,
+                               rng), axis=0)
+
+    row = metrics.iloc[0]
+    assert row.reward_mean == scores.mean().item() and row.response_len == mask.sum(1).mean().item()
+    assert row.kl_ref_exact == kl_exact(logp, ref_logp, mask).mean().item()
+    assert [row.policy_loss, row.value_loss, row.clipfrac, row.approx_kl] == stats.tolist()
+    assert weights_hash(trainable_parameters(a.policy, a.value_head)) == weights_hash(
+        trainable_parameters(by_train.policy, by_train.value_head))

@@ -11,6 +11,7 @@ import pytest
 
 from helpers import get_profile
 from helpers.artifacts import read_json, stage_dir
+from helpers.ppo import config_from_profile
 from helpers.runs import Results, Run, inputs_from_outputs, run_all
 from helpers.study import (AT_MIDDLE, EVERY_BETA, STUDY, beta_grid, load_study, pilot_from_notebook, power_steps,
                            run_study, study_claims, study_dir)
@@ -63,6 +64,30 @@ def test_a_dose_response_is_the_per_seed_slope_against_log_beta():
     row = findings(results, [claim]).iloc[0]
     assert row.beta == "slope" and row.effect == pytest.approx(0.5) and row.n_seeds == 3
     assert row.ci_low == pytest.approx(0.5) and row.verdict == "as expected"
+
+
+def test_the_second_stage_asks_for_the_seeds_its_measured_spread_needs():
+    from helpers.study import second_stage
+
+    gains = [0.1, 0.3, 0.0, 0.2, 0.25, 0.05]  # mean 0.15, sd 0.11
+    stage = second_stage(gains, target_z=3.0, power=0.8, first_seeds=6, max_seeds=100)
+    g, s = np.mean(gains), np.std(gains, ddof=1)
+    assert stage["seeds"] == math.ceil(((3.0 + 0.8416212335729143) * s / g) ** 2)  # z_0.8 of the normal
+    assert stage["seeds"] * g**2 / s**2 >= (3.0 + 0.84) ** 2  # expected z reaches target + z_power
+    assert second_stage(gains, 3.0, 0.5, 6, 100)["seeds"] < stage["seeds"]  # less power, fewer seeds
+    assert second_stage(gains, 3.0, 0.8, 6, 10)["seeds"] == 10  # capped
+    assert second_stage([x + 1 for x in gains], 3.0, 0.8, 6, 100)["seeds"] == 6  # already enough: no extra
+    assert second_stage([-x for x in gains], 3.0, 0.8, 6, 100)["seeds"] == 6  # RL did not move: none
+
+
+def test_recipe_seeds_run_the_recipe_alone_after_the_paired_seeds():
+    from helpers.study import RECIPE, Design
+
+    design = Design((0.03, 0.3, 3.0), (0, 1), (0,), config_from_profile(get_profile("tiny"), steps=2), 1,
+                    "imdb-tfidf", recipe_seeds=(2, 3))
+    runs = design.runs()
+    extra = [r for r in runs if r.seed >= 2]
+    assert runs[-2:] == extra and {(r.arm, r.beta, r.seed) for r in extra} == {(RECIPE, 0.3, 2), (RECIPE, 0.3, 3)}
 
 
 # --- a whole study on tiny ---------------------------------------------------------------------------------
@@ -189,12 +214,15 @@ def test_the_committed_smol_study_recomputes_to_its_committed_verdicts():
     assert set(results.runs.commit) and set(results.runs.cpu)  # each run says where it came from
 
 
-def test_the_readme_answers_are_generated_from_the_committed_study():
-    """`make publish` regenerates the README's study block; on the committed study it changes nothing."""
-    from helpers.publish import readme_with_study
+def test_the_readme_results_are_generated_from_the_committed_runs():
+    """`make publish` regenerates the README's two blocks (the study's answers, the tutorial run's results);
+    on the committed study and tutorial run it changes nothing."""
+    from helpers.publish import TUTORIAL_BEGIN, readme_with_results, tutorial_dir
 
     text = (ROOT / "README.md").read_text()
-    assert readme_with_study(text, study_dir("smol")) == text
+    assert readme_with_results(text, study_dir("smol"), tutorial_dir("smol")) == text
+    generated = text.split(TUTORIAL_BEGIN, 1)[1]
+    assert "| 04 |" in generated.splitlines()[2] and "the pitfall pulls the policy towards the base" in generated
 
 
 def test_the_power_check_compares_the_recipe_with_the_planned_z():

@@ -181,9 +181,15 @@ def build_arm(name: str, profile: Profile, sft_adapter: str | Path, merged_dir: 
 
 
 def yardsticks(profile: Profile, merged_dir: str | Path, quantize: str | None = None) -> dict[str, Reference]:
-    """Fixed frozen models every arm is measured against: the SFT model (merged) and the base."""
-    return {"sft": FrozenModel(load_model(profile, merged_dir, quantize=quantize)),
-            "base": FrozenModel(load_model(profile, quantize=quantize))}
+    """Fixed frozen models every arm is measured against: the SFT model (merged) and the base. Each runs one
+    token through at once: safetensors are memory-mapped, and a forward reads every weight page in, so the
+    first arm measured in a process does not count the yardsticks' pages as its own memory."""
+    sticks = {"sft": FrozenModel(load_model(profile, merged_dir, quantize=quantize)),
+              "base": FrozenModel(load_model(profile, quantize=quantize))}
+    with torch.no_grad():
+        for stick in sticks.values():
+            stick.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=stick.model.device))
+    return sticks
 
 
 def profile_quantization(profile: Profile) -> str | None:

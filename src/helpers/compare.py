@@ -89,9 +89,10 @@ def comparison_configs(plan: Plan) -> dict[str, PPOConfig]:
 
 
 def run_comparison(runs: list[Run], inputs: Inputs, out: str | Path | None = None, force: bool = False,
-                   progress: bool = False) -> Results:
-    """Every run into `04_comparison/`: `runs/<study>/<arm>/seed<k>/`, the combined tables, and summary.csv."""
+                   progress: bool = False, workers: int | str = 1) -> Results:
+    """Every run into `04_comparison/`: `runs/<study>/<arm>/seed<k>/`, the combined tables, and summary.csv.
+    `workers` > 1 runs them on that many Ray workers (helpers.workers)."""
     folder = stage_dir(out, inputs.profile.name, "04_comparison")
-    results = run_all(runs, inputs, folder, force=force, progress=progress)
+    results = run_all(runs, inputs, folder, force=force, progress=progress, workers=workers)
     write_csv(folder / "summary.csv", results.summary())
     return results

@@ -65,6 +65,12 @@ def load_imdb(profile: Profile) -> DatasetDict:
     )
 
 
+def perplexity_reviews(profile: Profile, data: DatasetDict) -> list[str]:
+    """The held-out reviews of the one perplexity protocol (each notebook, each run of 04 and the study);
+    `perplexity` cuts each to `profile.sft_seq_len` tokens."""
+    return list(data["heldout"]["text"][: profile.perplexity_texts])
+
+
 def ppo_queries(texts, tokenizer, n: int, seed: int, query_len=(2, 8), min_chars: int = 200) -> list[list[int]]:
     """Prompts for PPO as in the original example: the first 2-8 tokens of reviews longer than 200 characters.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .artifacts import atomic_dir, write_json
@@ -68,48 +69,82 @@ def logits_on(model, tokenizer, texts: list[str], max_length: int) -> torch.Tens
     return logits[batch.attention_mask.bool()]  # padding positions excluded
 
 
-def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_texts: list[str], base_model=None):
-    """Merge the adapter into a full-precision base; return (merged model, verification dict).
+def merge_base(profile: Profile):
+    """The base to merge into: full precision (`merge_dtype`), in CPU RAM for a backbone that trains in 8-bit
+    (it does not fit the GPU in full precision)."""
+    return load_model(profile, dtype=getattr(torch, profile.merge_dtype), on="cpu" if profile.load_in_8bit else None)
 
-    The verification compares, on `check_texts`, the logits of base+adapter with those of the merged
-    model (max |difference| within `merge_tolerance`), greedy generations of both, and that no LoRA
-    module is left.
-    """
-    dtype = getattr(torch, profile.merge_dtype)
-    if base_model is None:
-        # a backbone that trains in 8-bit does not fit the GPU in full precision: merge it in CPU RAM
-        base_model = load_model(profile, dtype=dtype, on="cpu" if profile.load_in_8bit else None)
-    if is_quantized(base_model):
+
+def refuse_quantized(model, profile: Profile) -> None:
+    if is_quantized(model):
         raise QuantizedMergeError(
             "Refusing to merge into an 8-bit/4-bit base: W + BA is quantized again and most of the LoRA "
             "update is smaller than the rounding step (notebook 02 measures what is lost: into 4-bit, more "
             "than SFT gained). Load the base in full precision for the merge "
             f"(load_model(profile, dtype=torch.{profile.merge_dtype})) and quantize the merged model later."
         )
-    model = load_adapter(base_model, adapter_dir, profile)
+
+
+@torch.no_grad()
+def merge_probe(model: PeftModel, tokenizer, check_texts: list[str], profile: Profile) -> dict:
+    """What `verify_merge` compares the merged model with, taken from base+adapter before the merge: its
+    logits on `check_texts`, its greedy continuations, and one adapted layer's W, A, B and scale α/r."""
+    refuse_quantized(model, profile)
     model.eval()
     prompts = tokenizer([" ".join(t.split()[:6]) for t in check_texts[:4]], return_tensors="pt",
                         padding=True).to(model.device)
-    before = logits_on(model, tokenizer, check_texts, profile.sft_seq_len)
-    greedy_before = model.generate(**prompts, max_new_tokens=16, do_sample=False)
-    merged = model.merge_and_unload()  # in place: the same device
+    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer))
+    adapter = layer.active_adapters[0]
+    return {"logits": logits_on(model, tokenizer, check_texts, profile.sft_seq_len), "prompts": prompts,
+            "greedy": model.generate(**prompts, max_new_tokens=16, do_sample=False),
+            "layer": name.removeprefix("base_model.model."), "W": layer.get_base_layer().weight.detach().clone(),
+            "A": layer.lora_A[adapter].weight.detach().clone(), "B": layer.lora_B[adapter].weight.detach().clone(),
+            "scale": float(layer.scaling[adapter]), "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+@torch.no_grad()
+def verify_merge(probe: dict, merged, tokenizer, check_texts: list[str], profile: Profile) -> dict:
+    """The merged model against base+adapter (`merge_probe`): logits within float rounding, the same greedy
+    text, no LoRA module left, and in the probed layer W' = W + (α/r)·BA."""
     after = logits_on(merged, tokenizer, check_texts, profile.sft_seq_len)
-    greedy_after = merged.generate(**prompts, max_new_tokens=16, do_sample=False)
+    greedy_after = merged.generate(**probe["prompts"], max_new_tokens=16, do_sample=False)
     lora_left = [n for n, m in merged.named_modules() if isinstance(m, BaseTunerLayer)]
-    diff = (before - after).abs().max().item()
-    tolerance = merge_tolerance(dtype)
+    diff = (probe["logits"] - after).abs().max().item()
+    tolerance = merge_tolerance(getattr(torch, probe["dtype"]))
+    merged_w = merged.get_submodule(probe["layer"]).weight.float()
+    update = probe["scale"] * (probe["B"].float() @ probe["A"].float())
     verification = {
         "max_abs_logit_diff": diff,
         "tolerance": tolerance,
         "within_tolerance": diff <= tolerance,
-        "dtype": profile.merge_dtype,
-        "tokens_compared": int(before.shape[0]),
+        "dtype": probe["dtype"],
+        "tokens_compared": int(after.shape[0]),
         "lora_modules_left": len(lora_left),
-        "same_greedy_generation": bool(torch.equal(greedy_before, greedy_after)),
-        "adapter_dir": str(adapter_dir),
+        "same_greedy_generation": bool(torch.equal(probe["greedy"], greedy_after)),
+        "one_layer": probe["layer"],
+        "one_layer_scale_alpha_over_r": probe["scale"],
+        "one_layer_max_abs_update": update.abs().max().item(),
+        "one_layer_max_abs_diff_from_W_plus_scaled_BA": (merged_w - probe["W"].float() - update).abs().max().item(),
     }
     if not verification["within_tolerance"] or lora_left:
         raise RuntimeError(f"Merge verification failed: {verification}")
+    return verification
+
+
+def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_texts: list[str], base_model=None):
+    """Merge the adapter into a full-precision base; return (merged model, verification dict).
+
+    The verification compares, on `check_texts`, the logits of base+adapter with those of the merged
+    model (max |difference| within `merge_tolerance`), greedy generations of both, that no LoRA module is
+    left, and one layer's merged weight with W + (α/r)·BA.
+    """
+    if base_model is not None:
+        refuse_quantized(base_model, profile)
+    model = load_adapter(merge_base(profile) if base_model is None else base_model, adapter_dir, profile)
+    probe = merge_probe(model, tokenizer, check_texts, profile)
+    merged = model.merge_and_unload()  # W' = W + (α/r)·BA in every adapted layer, in place; LoRA modules dropped
+    verification = verify_merge(probe, merged, tokenizer, check_texts, profile)
+    verification["adapter_dir"] = str(adapter_dir)
     return merged, verification
 
 
@@ -130,9 +165,10 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
 
     The same adapter goes on the full-precision base and on an 8-bit copy; both are merged, the 8-bit one
     through peft's own path for bitsandbytes layers (dequantize W, add BA, quantize again; peft only warns).
-    `models`: max |logit difference| to base+adapter on `check_texts`, and held-out perplexity, of the
-    base, base+adapter, the full-precision merge, that merge loaded in 8-bit (what the 20B recipe runs PPO
-    on), 8-bit base+adapter (not merged), the 8-bit merge, and the same merge into a 4-bit (NF4) base.
+    `models`: max |logit difference| and mean KL per token to base+adapter on `check_texts`, and held-out
+    perplexity, of the base, base+adapter, the full-precision merge, that merge loaded in 8-bit (what the 20B
+    recipe runs PPO on), and for 8-bit and 4-bit (NF4) alike: the quantized base alone, with the adapter
+    (not merged), and the adapter merged into it: what quantizing costs apart from what the merge loses.
     `layers`, per adapted layer of the 8-bit merge: how large the update is against the int8 rounding step
     of the row it lands in (median |ΔW| / (row absmax / 127)), and which part of it the re-quantized weight
     lost, ‖(W8_merged − W8) − ΔW‖ / ‖ΔW‖ (W8: the dequantized 8-bit weight), read back from bitsandbytes.
@@ -151,7 +187,9 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
         nonlocal reference
         logits = logits_on(model, tokenizer, check_texts, seq_len)
         reference = logits if reference is None else reference
+        kl = (reference.softmax(-1) * (reference.log_softmax(-1) - logits.log_softmax(-1))).sum(-1).mean()
         rows.append({"model": name, "max |Δlogit| vs base+adapter": (logits - reference).abs().max().item(),
+                     "KL to base+adapter (nats/token)": kl.item(),
                      "held-out perplexity": perplexity(model, tokenizer, heldout_texts, seq_len)})
 
     full = load_adapter(load_model(profile, dtype=torch.float32, on="cpu"), adapter_dir, profile).eval()
@@ -166,6 +204,8 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
         measure("merged in full precision, then loaded in 8-bit", load_model(profile, scratch, quantize="8bit", on="cpu"))
 
     eight = load_adapter(load_model(profile, quantize="8bit", on="cpu"), adapter_dir, profile).eval()
+    with eight.disable_adapter():
+        measure("8-bit base (no adapter)", eight)
     measure("8-bit base + adapter (not merged)", eight)
     before = {}
     for name, m in eight.named_modules():
@@ -177,6 +217,9 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
         warnings.simplefilter("always")
         measure("merged into the 8-bit base (peft)", eight.merge_and_unload())  # dequantize, add BA, re-quantize
         four = load_adapter(load_model(profile, quantize="4bit", on="cpu"), adapter_dir, profile).eval()
+        with four.disable_adapter():
+            measure("4-bit base (no adapter)", four)
+        measure("4-bit base + adapter (not merged)", four)
         measure("merged into a 4-bit base (peft)", four.merge_and_unload())
 
     stats = []

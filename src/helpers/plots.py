@@ -39,9 +39,12 @@ def t_band(mean, se, n):
 
 def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, title: str = "PPO"):
     """Evaluation reward on fixed held-out prompts (95% band) with the per-batch reward faint behind it, and
-    the exact KL per token to the reference; the KL coefficient gets a panel only if it moved (> 5%)."""
+    the exact KL per token to the reference; KL to the base and perplexity where the evaluation measured them
+    (does the policy stay in the domain?); the KL coefficient gets a panel only if it moved (> 5%)."""
     beta_moved = metrics["kl_coef"].max() / metrics["kl_coef"].min() - 1 > 0.05
-    fig, axes = plt.subplots(1, 3 if beta_moved else 2, figsize=(14 if beta_moved else 10.5, 3.6))
+    extra = [c for c in ("kl_base_exact", "perplexity") if c in evaluation]
+    n = 2 + len(extra) + beta_moved
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.6))
     ax = axes[0]
     ax.plot(metrics["step"], metrics["reward_mean"], color="0.6", alpha=0.6, linewidth=1, marker=".",
             label="this step's batch (new prompts each step)")
@@ -57,9 +60,14 @@ def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, ti
     ax.plot(evaluation["step"], evaluation["kl_ref_exact"], marker="o", color="C3", label="held-out prompts")
     ax.set(xlabel="PPO steps done", ylabel="KL(policy ‖ reference), nats per token", title="KL to the reference")
     ax.legend(fontsize=8)
+    labels = {"kl_base_exact": ("KL(policy ‖ base model), nats per token", "KL to the base (yardstick)"),
+              "perplexity": ("perplexity", "held-out IMDB perplexity")}
+    for ax, column in zip(axes[2:], extra):
+        ax.plot(evaluation["step"], evaluation[column], marker="o", color="C2", label="held-out")
+        ax.set(xlabel="PPO steps done", ylabel=labels[column][0], title=labels[column][1])
     if beta_moved:
-        axes[2].plot(metrics["step"], metrics["kl_coef"], marker="o")
-        axes[2].set(xlabel="PPO steps done", ylabel="β (penalty per nat)", title="KL coefficient")
+        axes[-1].plot(metrics["step"], metrics["kl_coef"], marker="o")
+        axes[-1].set(xlabel="PPO steps done", ylabel="β (penalty per nat)", title="KL coefficient")
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
     beta = "" if beta_moved else f"; β = {metrics['kl_coef'].iloc[0]:.3g} throughout (moved < 5%)"
@@ -123,14 +131,16 @@ def comparison_curves(results):
 
 
 def penalty_alone(results):
-    """The reward switched off: only the KL penalty trains. Per step, KL to the base and perplexity."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    """The reward switched off: only the KL penalty trains. Per evaluation: KL to the base, KL to the SFT
+    model, and perplexity (mean over seeds with its 95% band, and each seed)."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     for ax, column, title, ylabel in [(axes[0], "kl_base_exact", "KL to the base model", "KL per token (nats)"),
-                                      (axes[1], "perplexity", "held-out IMDB perplexity", "perplexity")]:
+                                      (axes[1], "kl_sft_exact", "KL to the SFT model", "KL per token (nats)"),
+                                      (axes[2], "perplexity", "held-out IMDB perplexity", "perplexity")]:
         _band_plot(ax, results.evaluation, column)
         ax.set(xlabel="PPO steps done (reward off)", ylabel=ylabel, title=title)
     axes[0].legend(fontsize=8)
-    fig.suptitle("The penalty alone pulls the policy towards its reference (mean, 95% band over seeds)")
+    fig.suptitle("The penalty alone, reward off: where each reference takes the policy (held-out prompts)")
     fig.tight_layout()
     return fig
 
@@ -164,8 +174,16 @@ def memory_and_time(summary: pd.DataFrame):
     colors = [arm_style(a).get("color") for a in summary["arm"]]
     axes[0].barh(summary["arm"], summary["model_bytes"] / 2**20, color=colors)
     axes[0].set(xlabel="MiB", title="weights held: backbones + adapters + value head")
-    grown = summary["peak_cuda_bytes"] if cuda else summary["rss_growth_bytes"]
-    axes[1].barh(summary["arm"], grown / 2**20, color=colors)
+    split = not cuda and summary.get("rss_file_growth_bytes", pd.Series(dtype=float)).notna().all()
+    if cuda or not split:
+        grown = summary["peak_cuda_bytes"] if cuda else summary["rss_growth_bytes"]
+        axes[1].barh(summary["arm"], grown / 2**20, color=colors)
+    else:  # the weights' memory-mapped file pages, paged in by the first forward, and what training made
+        file, anon = summary["rss_file_growth_bytes"] / 2**20, summary["rss_anon_growth_bytes"] / 2**20
+        axes[1].barh(summary["arm"], file, color=colors, alpha=0.45, label="file pages (the mapped weights)")
+        axes[1].barh(summary["arm"], anon, left=file, color=colors,
+                     label="anonymous (activations, gradients, Adam, allocator)")
+        axes[1].legend(fontsize=7, loc="lower right")
     axes[1].set(xlabel="MiB", title="peak CUDA memory above the yardsticks" if cuda
                 else "resident memory grown while training (CPU RSS)")
     t = summary["step_time_s"]
@@ -228,11 +246,15 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None):
 
 def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...] = ("stacked",)):
     """Held-out reward against KL per token to the SFT model, one line per (arm, β), a point per evaluation
-    (mean over the paired seeds of that arm and β; n in the legend). `stacked` ran fewer seeds than its twin,
-    so its mean would sit beside a mean of other seeds: its equality is a claim of the findings instead."""
+    (mean over the seeds every line ran, so that all lines are means over the same paired seeds: the recipe's
+    second-stage seeds are left out here; n in the legend). `stacked` ran fewer seeds than its twin, so its
+    mean would sit beside a mean of other seeds: its equality is a claim of the findings instead."""
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     e = results.select(study).evaluation
     e = e[~e["arm"].isin(leave_out)]
+    if len(e):
+        common = set.intersection(*(set(g.seed) for _, g in e.groupby(["arm", "beta"])))
+        e = e[e.seed.isin(common)]
     betas = sorted(e["beta"].dropna().unique())
     widths = {b: 0.8 + 1.2 * i for i, b in enumerate(betas)}
     for (arm, beta), g in e.groupby(["arm", "beta"], sort=False):

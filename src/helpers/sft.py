@@ -42,6 +42,42 @@ class HeldoutPerplexity(TrainerCallback):
             self.measure(state, model)
 
 
+def sft_config(profile: Profile, steps: int | None = None, seed: int = 0, output_dir: str = "unused") -> SFTConfig:
+    """TRL's settings for the adapter's training: a constant learning rate, one pass over the reviews."""
+    steps = steps or profile.sft_steps
+    return SFTConfig(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=profile.sft_batch_size,
+        learning_rate=profile.sft_lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_length=profile.sft_seq_len,
+        packing=False,
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def settings(profile: Profile, model, steps: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The LoRA and SFT settings `train_sft` uses, read from the same config objects (notebook 01 shows them).
+    α/r is the factor notebook 02 merges with: W' = W + (α/r)·BA."""
+    lora, args = lora_config(profile, model), sft_config(profile, steps, seed)
+    rows = [("LoraConfig", k, getattr(lora, k)) for k in ("r", "lora_alpha", "lora_dropout", "target_modules")]
+    rows += [("LoraConfig", "scale α/r", lora.lora_alpha / lora.r)]
+    rows += [("SFTConfig", k, getattr(args, k)) for k in ("max_steps", "per_device_train_batch_size",
+                                                          "learning_rate", "lr_scheduler_type", "max_length")]
+    rows = [(c, k, sorted(v) if isinstance(v, (set, frozenset)) else v) for c, k, v in rows]
+    return pd.DataFrame(rows, columns=["config", "setting", "value"]).set_index(["config", "setting"])
+
+
 def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, steps: int | None = None,
               seed: int = 0):
     """Train a new LoRA adapter on `train_texts` (causal LM loss).
@@ -59,25 +95,7 @@ def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, 
     n_texts = min(len(train_texts), steps * profile.sft_batch_size)  # one epoch, no repeats
     dataset = Dataset.from_dict({"text": list(train_texts[:n_texts])})
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing is kept
-        args = SFTConfig(
-            output_dir=scratch,
-            max_steps=steps,
-            per_device_train_batch_size=profile.sft_batch_size,
-            learning_rate=profile.sft_lr,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            max_length=profile.sft_seq_len,
-            packing=False,
-            logging_steps=max(1, steps // 10),
-            save_strategy="no",
-            report_to=[],
-            seed=seed,
-            data_seed=seed,
-            bf16=False,
-            fp16=False,
-            dataloader_num_workers=0,
-            disable_tqdm=False,
-        )
+        args = sft_config(profile, steps, seed, scratch)
         trainer = SFTTrainer(
             model=model,
             args=args,

@@ -5,7 +5,9 @@ study runs the arms that carry the thread's questions at fixed KL coefficients �
 
   - the pitfall `adapter+disabled` and its control `adapter+ref-adapter` at every β (the dose-response);
   - the recipe `merged+disabled` and RL from the base `base+disabled` at the middle β;
-  - `stacked` on the first seeds at the middle β (an equality with `merged+disabled` needs few seeds).
+  - `stacked` on the first seeds at the middle β (an equality with `merged+disabled` needs few seeds);
+  - a second stage: more seeds of the recipe alone at the middle β, where the first stage's own spread says
+    its gain over step 0 needs them (below).
 
 How it is sized, written into the manifest:
   - β: a step-0 calibration measures the pitfall's starting drift, KL(SFT‖base) per response, and the
@@ -14,6 +16,10 @@ How it is sized, written into the manifest:
   - steps: a power calculation from the tutorial's committed 03 run (its paired held-out gain and its
     standard error over prompts), so that the recipe's gain over step 0 at the middle β is
     `study_target_z` standard errors from zero with `study_seeds` seeds.
+  - the second stage: once every first-stage seed of the recipe has landed, its measured gain g and spread s
+    over those seeds give the seeds n = ⌈((z_target + z_power)·s/g)²⌉ for z > z_target with probability
+    `study_topup_power` (normal approximation); the recipe alone runs the seeds beyond the first stage's (a
+    gain over step 0 is per arm, it needs no partner). Paired claims use only the seeds both arms ran.
 
 Runs go seed by seed (every arm and β of seed 0, then seed 1, ...), so a study stopped part-way still has
 complete paired seeds. Each run lands in `docs/study/<profile>/runs/` with its fingerprint; the study's SFT
@@ -32,6 +38,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from statistics import NormalDist
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +54,9 @@ from .runs import Inputs, Results, Run, check_count, content_hash, load_results,
 from .verdicts import Claim, findings
 
 STUDY = "fixed-beta"
+RECIPE = "merged+disabled"  # merge, then a new LoRA; the reference is the merged model (adapters disabled)
 EVERY_BETA = ("adapter+disabled", "adapter+ref-adapter")  # the pitfall and its control
-AT_MIDDLE = ("merged+disabled", "base+disabled")  # the recipe, and RL straight from the base
+AT_MIDDLE = (RECIPE, "base+disabled")  # the recipe, and RL straight from the base
 SIDE = ("stacked",)  # equals merged+disabled up to float rounding: the first `study_side_seeds` seeds
 
 
@@ -127,6 +135,22 @@ def power_steps(profile: Profile, pilot: dict, seeds: int, ppo: PPOConfig) -> di
             "expected_z": gain_per_step * steps * math.sqrt(seeds) / seed_sd}
 
 
+def second_stage(gains, target_z: float, power: float, first_seeds: int, max_seeds: int) -> dict:
+    """The recipe's seeds for its gain to pass z > target_z with probability `power`, from the first stage's
+    measured per-seed gains (normal approximation: z ≈ g·√n / s)."""
+    gains = np.asarray(gains, dtype=float)
+    g, s = float(gains.mean()), float(gains.std(ddof=1))
+    out = {"first_stage_seeds": int(gains.size), "gain": g, "seed_sd": s, "target_z": target_z, "power": power,
+           "rule": "n = ceil(((target_z + z_power) * seed_sd / gain)^2), at most max_seeds", "max_seeds": max_seeds}
+    if g <= 0:  # RL did not move on average: more seeds would not make it
+        return {**out, "seeds": first_seeds, "why": "the first stage's mean gain is not positive"}
+    n = math.ceil(((target_z + NormalDist().inv_cdf(power)) * s / g) ** 2)
+    seeds = min(max(n, first_seeds), max_seeds)
+    expected = g * math.sqrt(seeds) / s
+    return {**out, "seeds_for_power": n, "seeds": seeds, "capped": n > max_seeds, "expected_z": expected,
+            "probability_z_above_target": 1 - NormalDist().cdf(target_z - expected)}
+
+
 # --- the design: a frozen value that yields the runs -------------------------------------------------------
 
 
@@ -138,6 +162,7 @@ class Design:
     ppo: PPOConfig  # steps included; the β of each run replaces init_kl_coef, the controller is off
     eval_every: int
     reward: str
+    recipe_seeds: tuple[int, ...] = ()  # the second stage: the recipe alone at the middle β
 
     def __post_init__(self):
         if len(self.betas) < 3 or min(self.betas) <= 0:
@@ -161,7 +186,7 @@ class Design:
                 arms = EVERY_BETA + (AT_MIDDLE if beta == self.middle else ())
                 arms += SIDE if beta == self.middle and seed in self.side_seeds else ()
                 out += [self.run(arm, seed, beta) for arm in arms]
-        return out
+        return out + [self.run(RECIPE, seed, self.middle) for seed in self.recipe_seeds]
 
 
 def study_claims(design: Design) -> list[Claim]:
@@ -176,16 +201,16 @@ def study_claims(design: Design) -> list[Claim]:
                for text, measure, sign in pitfall]
     claims += [
         Claim("keeping the SFT adapter (right reference) reaches less reward at matched KL to SFT than merging",
-              ctl, "merged+disabled", "reward_at_kl_sft", "<0", study=STUDY, beta=mid),
+              ctl, RECIPE, "reward_at_kl_sft", "<0", study=STUDY, beta=mid),
         Claim("keeping the SFT adapter (right reference) gains less reward per step than merging", ctl,
-              "merged+disabled", "reward_gain_per_step", "<0", study=STUDY, beta=mid),
-        Claim("SFT first gains more held-out reward than RL from the base", "merged+disabled", "base+disabled",
+              RECIPE, "reward_gain_per_step", "<0", study=STUDY, beta=mid),
+        Claim("SFT first gains more held-out reward than RL from the base", RECIPE, "base+disabled",
               "reward_gain", ">0", study=STUDY, beta=mid),
         Claim("SFT first reaches more reward at matched KL to its reference than RL from the base",
-              "merged+disabled", "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid),
-        Claim("SFT first ends with a higher held-out reward than RL from the base", "merged+disabled",
+              RECIPE, "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid),
+        Claim("SFT first ends with a higher held-out reward than RL from the base", RECIPE,
               "base+disabled", "reward_end", ">0", study=STUDY, beta=mid),
-        Claim("stacking the SFT adapter under a new LoRA equals merging it", "stacked", "merged+disabled",
+        Claim("stacking the SFT adapter under a new LoRA equals merging it", "stacked", RECIPE,
               "curves_relative", "=", study=STUDY, beta=mid, tolerance=1e-3),
         Claim("the pitfall: KL to the reference starts at KL(SFT‖base) > 0", pit, ctl, "kl_ref_start", ">0",
               study=STUDY, beta=mid, kind="sanity"),
@@ -212,13 +237,21 @@ def power_check(results: Results, design: Design, manifest: dict) -> str:
     """The power calculation's promise against what the recipe did: its gain and z at the middle β."""
     power = manifest["sizing"]["power"]
     gains = reward_gains(results)
-    row = gains[(gains.arm == "merged+disabled") & (gains.beta == design.middle)]
+    row = gains[(gains.arm == RECIPE) & (gains.beta == design.middle)]
     if row.empty:
         return "The recipe has not run yet: no check of the power calculation."
     got = row.iloc[0]
     verdict = "RL moved as planned" if got.z > power["target_z"] else "RL moved less than the power calculation planned"
+    stage = manifest["sizing"].get("second_stage")
+    second = "" if not stage else (
+        f" The first stage ({stage['first_stage_seeds']} seeds) measured a gain of {stage['gain']:+.3g} with a "
+        f"seed-to-seed sd of {stage['seed_sd']:.3g}, so a second stage ran the recipe alone on more seeds, "
+        + (f"{stage['seeds']} in all (the rule asked for {stage['seeds_for_power']}; capped at study_max_seeds, "
+           f"z > {stage['target_z']:g} with probability {stage['probability_z_above_target']:.0%} instead of "
+           f"{stage['power']:.0%})." if stage.get("capped") else
+           f"{stage['seeds']} in all, for z > {stage['target_z']:g} with probability {stage['power']:.0%}."))
     return (f"Sized for the recipe's held-out reward gain at β = {design.middle:g} to reach z {power['target_z']:g} "
-            f"(expected gain {power['expected_gain']:+.3g}, z {power['expected_z']:.2f}); measured "
+            f"(expected gain {power['expected_gain']:+.3g}, z {power['expected_z']:.2f}).{second} Measured "
             f"{got.gain:+.3g} [{got.ci_low:+.3g}, {got.ci_high:+.3g}], z {got.z:.2f} over {got.n_seeds} seeds: "
             f"{verdict}.")
 
@@ -229,7 +262,7 @@ def power_check(results: Results, design: Design, manifest: dict) -> str:
 def study_inputs(profile: Profile, folder: Path, out=None) -> Inputs:
     """The study's inputs: its committed SFT adapter (copied from 01's output the first time), merged into
     the base in `outputs/<profile>/05_study/` where that merge is missing or was made from another adapter."""
-    from .data import load_imdb, ppo_queries
+    from .data import load_imdb, perplexity_reviews, ppo_queries
     from .merge import merge_adapter, save_merged
     from .models import load_tokenizer
     from .rewards import load_reward
@@ -255,7 +288,7 @@ def study_inputs(profile: Profile, folder: Path, out=None) -> Inputs:
     batch = profile.ppo_batch_size
     queries = ppo_queries(data["train"]["text"], tokenizer, n=steps * batch, seed=0)
     eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=profile.study_eval_prompts, seed=1)
-    perplexity_texts = list(data["heldout"]["text"][: profile.comparison_perplexity_texts])
+    perplexity_texts = perplexity_reviews(profile, data)
     sources = Sources(profile, adapter, merged, profile_quantization(profile))
     return Inputs(profile, sources, tokenizer, queries, eval_queries, {profile.reward: load_reward(profile)},
                   profile.reward, perplexity_texts, profile.study_eval_samples,
@@ -276,37 +309,57 @@ def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader) ->
         write_json(kept, calibration)
     betas = beta_grid(calibration, profile.study_beta_ratios)
     seeds = tuple(range(check_count("study_seeds", profile.study_seeds)))
+    sized = folder / "power.json"  # made once: re-publishing 03 later must not move a study's steps
     if profile.study_steps:
         power = {"steps": profile.study_steps, "fixed_by": "Profile.study_steps"}
+    elif sized.exists():
+        power = read_json(sized)
     else:
         pilot = pilot_from_notebook((project_root() or Path.cwd()) / "docs" / "notebooks" / "03_ppo_lora.ipynb")
         power = power_steps(profile, pilot, len(seeds), ppo)
+        write_json(sized, power)
     steps = power["steps"]
     every = max(1, math.ceil(steps / (profile.study_eval_points - 1)))
     design = Design(betas, seeds, seeds[: profile.study_side_seeds], replace(ppo, steps=steps), every, profile.reward)
     sizing = {"calibration": calibration, "beta_ratios": list(profile.study_beta_ratios),
               "beta_rule": "β = ratio · reward_sd / kl_sft_base_per_response, to 1 significant figure",
               "power": power}
+    first = [folder / "runs" / design.run(RECIPE, seed, design.middle).path / "evaluation.csv" for seed in seeds]
+    if profile.study_topup_power and all(f.exists() for f in first):
+        gains = [e.reward_mean.iloc[-1] - e.reward_mean.iloc[0] for e in (pd.read_csv(f).sort_values("step")
+                                                                         for f in first)]
+        stage = second_stage(gains, profile.study_target_z, profile.study_topup_power, len(seeds),
+                             profile.study_max_seeds)
+        design = replace(design, recipe_seeds=tuple(range(len(seeds), stage["seeds"])))
+        sizing["second_stage"] = stage
     return design, sizing
 
 
 def run_study(profile: Profile, folder: str | Path | None = None, out=None, force: bool = False,
-              command: str = "make study", execute: bool = True) -> Results:
+              command: str = "make study", execute: bool = True, workers: int | str = 1) -> Results:
     """Run (or resume) the profile's study into `folder`; write its findings, gains, figures and manifest
-    there. `execute=False` runs nothing and reports on the runs that have landed (a study stopped part-way)."""
+    there. `execute=False` runs nothing and reports on the runs that have landed (a study stopped part-way).
+    `workers` > 1: that many Ray workers on this machine (or $RAY_ADDRESS's cluster), see helpers.workers."""
     from .arms import yardsticks
 
     folder = study_dir(profile.name, folder)
     folder.mkdir(parents=True, exist_ok=True)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     inputs = study_inputs(profile, folder, out)
-    design, sizing = design_for(profile, inputs, folder,
-                                lambda: yardsticks(profile, inputs.sources.merged_dir, inputs.sources.quantize))
-    runs = design.runs()
-    print(f"study on {profile.name}: {len(runs)} runs, β {list(design.betas)}, {len(design.seeds)} seeds, "
-          f"{design.ppo.steps} steps, held-out evaluation every {design.eval_every}", flush=True)
-    results = run_all(runs, inputs, folder, force=force, combined=("metrics", "evaluation", "runs"),
-                      run_missing=execute)
+    sticks = lambda: yardsticks(profile, inputs.sources.merged_dir, inputs.sources.quantize)  # noqa: E731
+    design, sizing = design_for(profile, inputs, folder, sticks)
+    for stage in (1, 2):  # the second stage is sized from the first's runs, once they have landed
+        runs = design.runs()
+        print(f"study on {profile.name}: {len(runs)} runs, β {list(design.betas)}, {len(design.seeds)} seeds "
+              f"(+{len(design.recipe_seeds)} of the recipe), {design.ppo.steps} steps, held-out evaluation "
+              f"every {design.eval_every}", flush=True)
+        results = run_all(runs, inputs, folder, force=force, combined=("metrics", "evaluation", "runs"),
+                          run_missing=execute, workers=workers)
+        if stage == 1:
+            planned = design
+            design, sizing = design_for(profile, inputs, folder, sticks)
+            if design == planned:
+                break
     write_verdicts(results, design, folder)
     manifest_file = folder / "manifest.json"
     manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
@@ -340,7 +393,7 @@ def design_from_manifest(manifest: dict) -> Design:
     ppo = PPOConfig(**{**d.pop("ppo"), "adaptive_kl": False})
     return Design(betas=tuple(d["betas"]), seeds=tuple(d["seeds"]), side_seeds=tuple(d["side_seeds"]),
                   ppo=replace(ppo, response_len=tuple(ppo.response_len)), eval_every=d["eval_every"],
-                  reward=d["reward"])
+                  reward=d["reward"], recipe_seeds=tuple(d.get("recipe_seeds", ())))
 
 
 def write_verdicts(results: Results, design: Design, folder: Path) -> None:
@@ -376,12 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-dir", default=None, help="default: docs/study/<profile>/")
     parser.add_argument("--out", default=None, help="the output folder with 01's adapter (default: outputs/)")
     parser.add_argument("--force", action="store_true", help="re-run finished runs")
+    parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help='runs in parallel on Ray: this many local workers, each on its share of the cores; '
+                             '"auto" (default): 2 on a CPU machine with Ray installed, else 1')
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite findings, figures and manifest from the runs that landed")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     run_study(profile, args.study_dir, args.out, force=args.force, execute=not args.report_only,
-              command="make study" + (f" PROFILE={profile.name}" if args.profile else ""))
+              command="make study" + (f" PROFILE={profile.name}" if args.profile else ""), workers=args.workers)
     return 0
 
 

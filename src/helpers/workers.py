@@ -1,0 +1,117 @@
+"""Runs in parallel on Ray: local workers on this machine, or a cluster by address.
+
+Every run of a plan is independent (it builds its own arm from the inputs, trains, evaluates), so
+`run_all(..., workers=W)` hands the runs still to do to W Ray actors and lands each result on the driver as it
+comes back (the same atomic write as in-process: results do not depend on where a run ran). Each actor holds
+the plan's `Inputs` (sent once, with cloudpickle) and loads the yardsticks once.
+
+- Locally (`make study WORKERS=2`, or WORKERS in 04's and 05's parameters): Ray starts on this machine and
+  each worker gets `threads_per_worker(W)` of its cores, so W workers never oversubscribe them.
+- On a cluster (`RAY_ADDRESS=ray://head:10001` or `auto`): each run asks for `gpus_per_run` GPUs where the
+  cluster has GPUs (0.5: two small runs share one), else for that many CPUs. The 01 adapter and the 02
+  model are read by their paths, so every node needs them at the same path (shared storage), and the model
+  cache (`TUTORIAL_CACHE`) for the base model and the reward.
+
+A worker that dies loses only the run it held: the other runs land, a new worker takes its place, and
+`run_all` then raises an error naming the runs that did not land; the next call runs only those.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+FAULT = "TUTORIAL_TEST_WORKER_DIES_ON"  # tests only: a worker given this run label exits (a killed worker)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | str) -> int:
+    """`workers` as a count; "auto" is 2 on a CPU-only machine with at least 2 cores where Ray is installed,
+    else 1. Measured on 2 cores (smol, 4 runs of 04): 2 workers x 1 thread took 0.92x the wall time of one
+    process with 2 threads (README, "Running the study on more machines"); a GPU runs one run at a time."""
+    if isinstance(workers, str) and workers.strip().isdigit():
+        workers = int(workers)  # from the environment (make tutorial WORKERS=2)
+    if workers == "auto":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            return 1
+        return 2 if cores() >= 2 and not torch.cuda.is_available() else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f'workers must be an integer >= 1 or "auto", not {workers!r}')
+    return workers
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each local worker's share of this machine's cores (at least one)."""
+    return max(1, cores() // max(1, workers))
+
+
+class Worker:
+    """One Ray actor: the plan's inputs, the yardsticks loaded once, torch on its share of the cores."""
+
+    def __init__(self, inputs, threads: int):
+        torch.set_num_threads(threads)
+        self.inputs, self.sticks = inputs, None
+
+    def run(self, run) -> dict:
+        from .arms import yardsticks
+        from .runs import execute
+
+        if os.environ.get(FAULT) == run.label:
+            os._exit(1)
+        src = self.inputs.sources
+        self.sticks = self.sticks or yardsticks(src.profile, src.merged_dir, src.quantize)
+        return execute(run, self.inputs, self.sticks)
+
+
+def start_ray(workers: int):
+    """Connect to $RAY_ADDRESS, or start Ray on this machine with one CPU slot per core."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError('WORKERS > 1 and RAY_ADDRESS need Ray: pip install "lora-rlhf-tutorial[scale]" '
+                          '(or `pip install ray`), or run with WORKERS = 1.') from e
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        # workers find the package and the fault switch through the environment they inherit
+        ray.init(address=address or None, num_cpus=None if address else cores(), include_dashboard=False,
+                 log_to_driver=True, logging_level="error",  # not its banner and token notice in notebooks
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("TUTORIAL_")}})
+    return ray
+
+
+def run_on_ray(todo: list, inputs, workers: int, land: Callable, gpus_per_run: float = 1.0) -> list:
+    """Execute `todo` (Run values) on `workers` Ray actors, calling `land(run, result)` on the driver as each
+    finishes; returns the runs whose worker died or raised, with why."""
+    ray = start_ray(workers)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    threads = threads_per_worker(workers)
+    actor = ray.remote(num_cpus=0 if gpus else threads, num_gpus=gpus_per_run if gpus else 0)(Worker)
+    shared = ray.put(inputs)
+    pool = [actor.remote(shared, threads) for _ in range(min(workers, len(todo)))]
+    queue, busy, failed = list(todo), {}, []
+    while queue or busy:
+        while queue and pool:
+            worker, run = pool.pop(), queue.pop(0)
+            busy[worker.run.remote(run)] = (run, worker)
+        [ref], _ = ray.wait(list(busy), num_returns=1)
+        run, worker = busy.pop(ref)
+        try:
+            result = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+            failed.append((run, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+            if isinstance(e, ray.exceptions.RayActorError):  # the worker died: a new one takes its place
+                ray.kill(worker)
+                worker = actor.remote(shared, threads)
+        else:
+            land(run, result)
+        pool.append(worker)
+    for worker in pool:
+        ray.kill(worker)
+    return failed

@@ -1,0 +1,107 @@
+"""Runs on Ray workers (helpers.workers): the same run files as in-process, and a dead worker costs only its run."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers.artifacts import stage_dir
+from helpers.runs import RUN_FILES, Run, inputs_from_outputs, run_all
+from helpers.workers import FAULT, threads_per_worker
+
+def test_without_ray_auto_means_one_process_and_more_workers_say_what_to_install(monkeypatch):
+    import sys
+
+    from helpers.workers import resolve_workers, start_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert resolve_workers("auto") == 1 and resolve_workers("2") == 2
+    with pytest.raises(ImportError, match=r"\[scale\]"):
+        start_ray(2)
+    with pytest.raises(ValueError, match="workers must be"):
+        resolve_workers(0)
+
+
+try:
+    import ray
+except ImportError:
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="the Ray path needs the [scale] extra (make test installs it)")
+
+TIMING = {"gen_s", "score_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes", "eval_s"}
+WHERE = {"total_time_s", "process_peak_rss_bytes", "step_time_median_s", "step_time_min_s", "step_time_max_s", "rss_growth_bytes", "rss_file_growth_bytes", "rss_anon_growth_bytes", "threads",
+         "commit"}
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tiny, tiny_outputs):
+    from helpers.data import load_imdb, ppo_queries
+    from helpers.models import load_tokenizer
+    from helpers.ppo import config_from_profile
+    from helpers.rewards import load_reward
+
+    tokenizer = load_tokenizer(stage_dir(tiny_outputs, "tiny", "02_merge") / "model")
+    data = load_imdb(tiny)
+    inputs = inputs_from_outputs(tiny, tiny_outputs, tokenizer,
+                                 ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo_batch_size, seed=0),
+                                 ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1), load_reward(tiny),
+                                 list(data["heldout"]["text"][:4]))
+    ppo = config_from_profile(tiny, steps=2, adaptive_kl=False, init_kl_coef=0.3)
+    runs = [Run("workers", arm, seed, ppo, tiny.reward, 1)
+            for arm in ("merged+disabled", "adapter+disabled") for seed in (0, 1)]
+    yield inputs, runs
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def _files(folder, run):
+    d = folder / "runs" / run.path
+    tables = {k: pd.read_csv(d / f"{k}.csv") for k in ("metrics", "evaluation", "samples")}
+    tables = {k: t.drop(columns=[c for c in t.columns if c in TIMING]) for k, t in tables.items()}
+    summary = {k: v for k, v in json.loads((d / "summary.json").read_text()).items() if k not in WHERE}
+    return tables, summary, (d / "fingerprint.json").read_text()
+
+
+@needs_ray
+@pytest.mark.slow
+def test_two_workers_write_the_same_run_files_as_one_process(tiny_plan, tmp_path):
+    inputs, runs = tiny_plan
+    threads = threads_per_worker(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # in-process with the thread count each worker gets
+    try:
+        alone = run_all(runs, inputs, tmp_path / "alone")
+    finally:
+        torch.set_num_threads(before)
+    spread = run_all(runs, inputs, tmp_path / "ray", workers=2)
+    for run in runs:
+        a, b = _files(tmp_path / "alone", run), _files(tmp_path / "ray", run)
+        for key in a[0]:
+            pd.testing.assert_frame_equal(a[0][key], b[0][key], check_exact=True)
+        assert a[1] == b[1] and a[2] == b[2]  # trained-weights hash, memory of the weights; the fingerprint
+    assert set(spread.runs.threads) == {threads} and len(spread.runs) == len(alone.runs) == len(runs)
+    pd.testing.assert_frame_equal(alone.evaluation.drop(columns="eval_s"), spread.evaluation.drop(columns="eval_s"))
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_worker_that_dies_loses_only_its_own_run(tiny_plan, tmp_path, monkeypatch, capsys):
+    inputs, runs = tiny_plan
+    victim = runs[1]
+    if ray.is_initialized():
+        ray.shutdown()  # a fresh Ray, whose workers inherit the fault switch
+    monkeypatch.setenv(FAULT, victim.label)
+    with pytest.raises(RuntimeError, match=f"1 of {len(runs)} runs did not land.*{re.escape(victim.label)}"):
+        run_all(runs, inputs, tmp_path, workers=2)
+    ray.shutdown()
+    landed = {r.label for r in runs if all((tmp_path / "runs" / r.path / f).exists() for f in RUN_FILES)}
+    assert landed == {r.label for r in runs} - {victim.label}
+    assert not list((tmp_path / "runs" / victim.path).parent.glob(".*tmp*"))  # nothing half-written
+    monkeypatch.delenv(FAULT)
+    capsys.readouterr()
+    run_all(runs, inputs, tmp_path)  # the next call runs only the missing run
+    said = capsys.readouterr().out
+    assert said.count(" ran (not run yet)") == 1 and f"{victim.label}: ran" in said
+    assert said.count("skipped") == len(runs) - 1
