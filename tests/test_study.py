@@ -222,7 +222,7 @@ def test_the_readme_results_are_generated_from_the_committed_runs():
     text = (ROOT / "README.md").read_text()
     assert readme_with_results(text, study_dir("smol"), tutorial_dir("smol")) == text
     generated = text.split(TUTORIAL_BEGIN, 1)[1]
-    assert "| 04 |" in generated.splitlines()[2] and "the pitfall pulls the policy towards the base" in generated
+    assert any(line.startswith("| 01 | 02 | 03 | 04 |") for line in generated.splitlines()) and "the pitfall pulls the policy towards the base" in generated
 
 
 def test_the_power_check_compares_the_recipe_with_the_planned_z():
