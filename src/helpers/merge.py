@@ -220,7 +220,11 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
         with four.disable_adapter():
             measure("4-bit base (no adapter)", four)
         measure("4-bit base + adapter (not merged)", four)
-        measure("merged into a 4-bit base (peft)", four.merge_and_unload())
+        # merge a copy that has never run a forward: on the CPU, bitsandbytes changes a 4-bit weight's
+        # storage at its first forward and peft's merge then dequantizes it wrongly (on smol: perplexity
+        # about 5e4 after a forward, about 1e2 without; checked 2026-12-03)
+        fresh = load_adapter(load_model(profile, quantize="4bit", on="cpu"), adapter_dir, profile).eval()
+        measure("merged into a 4-bit base (peft)", fresh.merge_and_unload())
 
     stats = []
     for name, (base, w8, delta) in before.items():
