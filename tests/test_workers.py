@@ -19,7 +19,7 @@ def test_without_ray_auto_means_one_process_and_more_workers_say_what_to_install
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert resolve_workers("auto") == 1 and resolve_workers("2") == 2
     with pytest.raises(ImportError, match=r"\[scale\]"):
-        start_ray(2)
+        start_ray()
     with pytest.raises(ValueError, match="workers must be"):
         resolve_workers(0)
 

@@ -478,11 +478,12 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
         raise ValueError(f"Two runs of the plan share a folder: {sorted({l for l in labels if labels.count(l) > 1})}")
     workers = resolve_workers(workers)
     prints = [{**inputs.fingerprint(), **run.fingerprint()} for run in runs]
-    log, todo = Progress(len(runs)), {}
+    log, todo, landed = Progress(len(runs)), {}, {}  # landed: each run's tables, read from its folder once
     for run, fingerprint in zip(runs, prints):
         why = "force=True" if force else run_state(folder / "runs" / run.path, fingerprint)
         if why is None:
             log.skipped(run)
+            landed[run.label] = _read_run(run, folder / "runs" / run.path)
         elif not run_missing:
             log.pending(run, why)
         else:
@@ -496,7 +497,8 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
             write_json(tmp / "summary.json", result["summary"])
             write_json(tmp / "fingerprint.json", fingerprint)
         log.ran(run, why, result["summary"]["total_time_s"])
-        _write_combined(folder, runs, prints, combined)
+        landed[run.label] = _read_run(run, folder / "runs" / run.path)
+        _write_combined(folder, runs, landed, combined)
 
     failed = []
     if todo and (workers > 1 or os.environ.get("RAY_ADDRESS")):
@@ -507,7 +509,7 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
         sticks = yardsticks(inputs.profile, inputs.sources.merged_dir, inputs.sources.quantize)
         for run, _, _ in todo.values():
             land(run, execute(run, inputs, sticks, progress))
-    results = _write_combined(folder, runs, prints, combined)
+    results = _write_combined(folder, runs, landed, combined)
     log.finish()
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(runs)} runs did not land (the others did; running again runs "
@@ -515,13 +517,9 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
     return results
 
 
-def _write_combined(folder: Path, runs: list[Run], prints: list[dict], combined: tuple[str, ...]) -> Results:
+def _write_combined(folder: Path, runs: list[Run], landed: dict, combined: tuple[str, ...]) -> Results:
     """The combined tables of every run that has landed with its fingerprint, in plan order."""
-    tables = {k: [] for k in TABLES}
-    for run, fingerprint in zip(runs, prints):
-        if run_state(folder / "runs" / run.path, fingerprint) is None:
-            for key, table in _read_run(run, folder / "runs" / run.path).items():
-                tables[key].append(table)
+    tables = {k: [landed[r.label][k] for r in runs if r.label in landed] for k in TABLES}
     results = _combine(tables)
     for key in combined:
         write_csv(folder / f"{key}.csv", getattr(results, key))

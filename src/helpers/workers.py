@@ -70,7 +70,7 @@ class Worker:
         return execute(run, self.inputs, self.sticks)
 
 
-def start_ray(workers: int):
+def start_ray():
     """Connect to $RAY_ADDRESS, or start Ray on this machine with one CPU slot per core."""
     try:
         import ray
@@ -89,7 +89,7 @@ def start_ray(workers: int):
 def run_on_ray(todo: list, inputs, workers: int, land: Callable, gpus_per_run: float = 1.0) -> list:
     """Execute `todo` (Run values) on `workers` Ray actors, calling `land(run, result)` on the driver as each
     finishes; returns the runs whose worker died or raised, with why."""
-    ray = start_ray(workers)
+    ray = start_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     threads = threads_per_worker(workers)
     actor = ray.remote(num_cpus=0 if gpus else threads, num_gpus=gpus_per_run if gpus else 0)(Worker)
