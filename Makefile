@@ -1,5 +1,6 @@
 # Two commands do all the set-up themselves:
 #   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 05 with papermill
+#                 [DTYPE=float32|bfloat16|auto]       (default: the profile's dtype)
 #   make test                                          install and run the test suite
 # and, around them:
 #   make study [PROFILE=smol] [WORKERS=auto]           the full study (hours on 2 CPU cores; resumable) into
@@ -17,6 +18,7 @@ VENV       ?= .venv
 PROFILE    ?= smol
 OUTPUT_DIR ?= outputs
 WORKERS    ?= auto
+DTYPE      ?=
 NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison 05_study
 # torch is installed on its own first: a plain `torch` requirement would pull a multi-GB CUDA
 # build. Here pip finds the CPU wheel on disk; elsewhere pass e.g.
@@ -46,7 +48,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 tutorial: install
-	PROFILE=$(PROFILE) OUTPUT_DIR=$(OUTPUT_DIR) TUTORIAL_WORKERS=$(WORKERS) $(PY) -m helpers.run_notebooks $(NOTEBOOKS)
+	PROFILE=$(PROFILE) OUTPUT_DIR=$(OUTPUT_DIR) TUTORIAL_WORKERS=$(WORKERS) TUTORIAL_DTYPE=$(DTYPE) $(PY) -m helpers.run_notebooks $(NOTEBOOKS)
 
 test: install
 	$(PY) -m pytest -q tests

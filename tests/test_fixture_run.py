@@ -23,7 +23,7 @@ from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
 from helpers.merge import merge_adapter, save_merged
 from helpers.models import load_model, lora_config
-from helpers.ppo import config_from_profile, train
+from helpers.ppo import TIMING_COLUMNS, config_from_profile, train
 from helpers.rewards import vader_reward
 from helpers.sft import save_adapter
 from helpers.machine import signature as machine_signature
@@ -31,7 +31,7 @@ from helpers.machine import signature as machine_signature
 from conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_ppo_run.json"
-TIMING = ["gen_s", "score_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes", "eval_s"]
+TIMING = list(TIMING_COLUMNS)
 
 
 def tiny_run(tiny, tokenizer, out, monkeypatch) -> dict:

@@ -14,13 +14,13 @@ from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
 from helpers.merge import merge_adapter, save_merged
 from helpers.models import load_model, lora_config, new_lora
-from helpers.ppo import (NonFiniteError, ValueHead, config_from_profile, eos_token_ids, generate_own_distribution,
-                         rollout, sampling_config, save_ppo, train)
+from helpers.ppo import (TIMING_COLUMNS, NonFiniteError, ValueHead, config_from_profile, eos_token_ids,
+                         generate_own_distribution, rollout, sampling_config, save_ppo, train)
 from helpers.reference import DisabledAdapters, FrozenAdapter, FrozenModel
 from helpers.rewards import token_fraction_reward, vader_reward
 from helpers.sft import save_adapter
 
-TIMING = ["gen_s", "score_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes"]
+TIMING = [c for c in TIMING_COLUMNS if c != "eval_s"]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import get_profile
 from helpers.artifacts import read_json, stage_dir
-from helpers.ppo import config_from_profile
+from helpers.ppo import TIMING_COLUMNS, config_from_profile
 from helpers.runs import Results, Run, inputs_from_outputs, run_all
 from helpers.study import (AT_MIDDLE, EVERY_BETA, STUDY, beta_grid, load_study, pilot_from_notebook, power_steps,
                            run_study, study_claims, study_dir)
@@ -189,7 +189,7 @@ def test_at_beta_zero_the_pitfall_and_its_control_are_the_same_run(tiny, tiny_ou
     runs = [Run("null", arm, 0, ppo, tiny.reward, 3) for arm in EVERY_BETA]
     r = run_all(runs, inputs, tmp_path)
     own = {"kl_ref", "kl_ref_exact"}
-    timing = {"gen_s", "score_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes", "eval_s"}
+    timing = set(TIMING_COLUMNS)
     for table in (r.metrics, r.evaluation, r.samples):
         pit, ctl = (table[table.arm == a].drop(columns=["arm"]).reset_index(drop=True) for a in EVERY_BETA)
         same = [c for c in pit.columns if c not in own | timing]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers.artifacts import stage_dir
+from helpers.ppo import TIMING_COLUMNS
 from helpers.runs import RUN_FILES, Run, inputs_from_outputs, run_all
 from helpers.workers import FAULT, threads_per_worker
 
@@ -30,7 +31,7 @@ except ImportError:
     ray = None
 needs_ray = pytest.mark.skipif(ray is None, reason="the Ray path needs the [scale] extra (make test installs it)")
 
-TIMING = {"gen_s", "score_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes", "eval_s"}
+TIMING = set(TIMING_COLUMNS)
 WHERE = {"total_time_s", "process_peak_rss_bytes", "step_time_median_s", "step_time_min_s", "step_time_max_s", "rss_growth_bytes", "rss_file_growth_bytes", "rss_anon_growth_bytes", "threads",
          "commit"}
 

@@ -41,8 +41,7 @@ def native_bf16(device: torch.device | str | None = None) -> bool:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    onednn = getattr(torch.backends.mkldnn, "is_available", lambda: False)()
-    return onednn and bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+    return torch.backends.mkldnn.is_available() and bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def signature() -> dict:

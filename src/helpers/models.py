@@ -229,11 +229,40 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_said_auto: set = set()
+
+
+def resolve_dtype(name: str, on: str | torch.device | None = None) -> torch.dtype:
+    """The compute dtype a profile's `dtype` setting names, on device `on` (default: CUDA if present).
+
+    "auto" picks bf16 only where the hardware runs it natively: a CUDA GPU with bf16, a CPU with AVX512-BF16 or
+    AMX (helpers.machine.native_bf16); else fp16 on a CUDA GPU without bf16 (a T4) and fp32 on a CPU. It says
+    once what it picked and why. (Native is not always faster: README, "Performance".)"""
+    from .machine import native_bf16
+
+    target = torch.device(on or device())
+    if name == "auto":
+        if native_bf16(target):
+            picked, why = "bfloat16", "native bf16 on " + ("this GPU" if target.type == "cuda" else "this CPU")
+        elif target.type == "cuda":
+            picked, why = "float16", "this GPU has no bf16"
+        else:
+            picked, why = "float32", "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+        if (target.type, picked) not in _said_auto:
+            _said_auto.add((target.type, picked))
+            print(f"dtype='auto' picked {picked} on {target.type}: {why}")
+        return DTYPES[picked]
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; valid: {', '.join(DTYPES)}, auto")
+    if name == "float16" and target.type != "cuda":
+        raise ValueError("dtype='float16' computes on a CUDA GPU only; on a CPU use 'bfloat16' or 'float32'")
+    return DTYPES[name]
+
+
 def compute_dtype(profile: Profile) -> torch.dtype:
-    """fp32 on CPU; bf16 (or fp16 on GPUs without bf16) on CUDA."""
-    if not torch.cuda.is_available():
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The profile's `dtype` (float32 for tiny and smol, on any device; "auto" for the Hub profiles)."""
+    return resolve_dtype(profile.dtype)
 
 
 def load_model(profile: Profile, path: str | os.PathLike | None = None, quantize: str | None = None,
@@ -303,6 +332,9 @@ def response_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     backbone = getattr(causal_lm, causal_lm.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                       use_cache=False).last_hidden_state[:, query_len - 1 : -1]
+    # contiguous: on a strided slice F.linear falls back to a batched matmul with the [vocab x hidden] weight
+    # broadcast over the batch, ~1.5x slower forward and backward on a CPU (same values, bit for bit)
+    hidden = hidden.contiguous()
     return causal_lm.get_output_embeddings()(hidden), hidden
 
 

@@ -71,6 +71,11 @@ class PPOConfig:
     seed: int = 0
 
 
+# the metrics columns that measure the machine, not the run: they differ between identical runs
+TIMING_COLUMNS = ("gen_s", "score_s", "fwd_s", "ref_s", "update_s", "step_time_s", "peak_rss_bytes", "peak_cuda_bytes",
+                  "eval_s")
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or KL became NaN or infinite; the message names the step and the quantity."""
 
@@ -395,9 +400,11 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
         score_s = time.perf_counter() - t
 
         with torch.no_grad():
+            t = time.perf_counter()
             logits, values = policy_forward(policy, value_head, *ro.rows(slice(None)))
             logp = log_softmax(logits)
             old_logprobs = gather_logprobs(logp, tokens)
+            fwd_s = time.perf_counter() - t
             # 3. the reference: the only line where it enters the computation
             t = time.perf_counter()
             ref_logp = log_softmax(reference.logits(*ro.rows(slice(None))))
@@ -433,7 +440,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
         kl_ctl.update(row["kl_ref"], cfg.batch_size)
         pg, vf, cf, ak = np.mean(stats, axis=0)
         row.update(policy_loss=pg, value_loss=vf, clipfrac=cf, approx_kl=ak,
-                   response_len=mask.sum(1).mean().item(), gen_s=gen_s, score_s=score_s, ref_s=ref_s,
+                   response_len=mask.sum(1).mean().item(), gen_s=gen_s, score_s=score_s, fwd_s=fwd_s, ref_s=ref_s,
                    update_s=update_s, step_time_s=time.perf_counter() - start, **peak_memory())
         rows.append(row)
         if evaluator is not None and evaluator.due(step + 1, cfg.steps):

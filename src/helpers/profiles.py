@@ -25,6 +25,11 @@ class Profile:
     needs_cuda: bool = False
     load_in_8bit: bool = False  # SFT and PPO on an 8-bit backbone (bitsandbytes), as the 20B recipe does
     merge_dtype: str = "float32"  # the full-precision copy the adapter is merged into (never 8-bit)
+    # the dtype SFT, PPO and the evaluation compute in (helpers.models.DTYPES): "float32"; "bfloat16" (base
+    # weights in bf16; LoRA, value head and optimizer stay fp32); "float16" (CUDA); "auto": bf16 where the
+    # hardware has it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp16 on CUDA, fp32 on CPU.
+    # It enters every run's fingerprint (helpers.runs.Inputs)
+    dtype: str = "float32"
     heldout_size: int = 500  # reviews kept out of SFT: perplexity, merge check, PPO evaluation prompts
     # SFT (notebook 01)
     sft_steps: int = 100
@@ -78,6 +83,11 @@ class Profile:
     # from the first stage's measured spread (None: no second stage); never more than study_max_seeds in all
     study_topup_power: float | None = 0.8
     study_max_seeds: int = 30
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ProfileError(f"Profile {self.name!r}: unknown dtype {self.dtype!r}; valid: float32, bfloat16, "
+                               f"float16 (CUDA only), auto")
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -174,6 +184,7 @@ PROFILES: dict[str, Profile] = {
             dataset="stanfordnlp/imdb",
             reward="lvwerra/distilbert-imdb",
             hardware="a Colab T4 (16 GB) or better; needs the Hugging Face Hub",
+            dtype="auto",  # bf16 on an A100/L4, fp16 on a T4 (as before the setting); a CPU: helpers.models
             heldout_size=500,
             sft_steps=300,
             sft_batch_size=16,
@@ -200,6 +211,7 @@ PROFILES: dict[str, Profile] = {
             needs_cuda=True,
             load_in_8bit=True,
             merge_dtype="float16",
+            dtype="auto",
             heldout_size=500,
             sft_steps=500,
             sft_batch_size=8,

@@ -19,7 +19,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,7 +35,8 @@ import torch
 from .arms import ARMS, Sources, build_arm, check_arms, profile_quantization, yardsticks
 from .artifacts import atomic_dir, read_json, require, stage_dir, write_csv, write_json
 from .evaluation import Evaluator
-from .models import model_bytes
+from .machine import cpu_model
+from .models import compute_dtype, model_bytes
 from .ppo import PPOConfig, train, trainable_parameters
 from .profiles import Profile
 
@@ -159,6 +159,9 @@ class Inputs:
                 "sft_adapter": content_hash(self.sources.sft_adapter),
                 "merged_model": self.merged_from or content_hash(self.sources.merged_dir),
             }
+            dtype = str(compute_dtype(self.profile)).removeprefix("torch.")
+            if dtype != "float32":  # absent for fp32, the one dtype before the setting: committed runs keep theirs
+                self._common["dtype"] = dtype
         return self._common
 
 
@@ -285,12 +288,7 @@ def where_it_ran() -> dict:
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"commit": commit, "cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"commit": commit, "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
