@@ -12,6 +12,7 @@ The cache folder is `$TUTORIAL_CACHE`, else `~/.cache/lora-rlhf-tutorial`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -97,7 +98,15 @@ def convert_gguf(gguf_file: str | os.PathLike, destination: str | os.PathLike) -
     gguf_file = Path(gguf_file)
     folder, name = str(gguf_file.parent), gguf_file.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers draws its own tqdm bar here, which no setting of its turns off; in an executed notebook
+    # it stays behind as a frozen "0%| 0/272" widget, so the bar is switched off for this one call
+    from unittest import mock
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    quiet = functools.partial(gguf_utils.tqdm, disable=True)
+    with mock.patch.object(gguf_utils, "tqdm", quiet):
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -214,7 +214,7 @@ def benchmark_block(folder: str | Path) -> str:
                  for r in after["results"] + default["results"]]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     lines += ["", "fp32 against bf16 (bf16: base weights in bf16; LoRA, value head and Adam in fp32):", "",
-              "| layout | dtype | step (s) | generation | rollout fwd | reference fwd | epochs fwd/bwd | peak RSS (GiB) |",
+              "| layout | dtype | step (s) | generation | rollout fwd | reference fwd | epochs fwd/bwd | peak RSS during the PPO steps (GiB) |",
               "|" + " --- |" * 8]
     for r in after["results"] + default["results"]:
         f = {p["phase"]: p for p in r["phases"] if "bound_s" in p}
