@@ -183,7 +183,8 @@ def memory_and_time(summary: pd.DataFrame):
         axes[1].barh(summary["arm"], file, color=colors, alpha=0.45, label="file pages (the mapped weights)")
         axes[1].barh(summary["arm"], anon, left=file, color=colors,
                      label="anonymous (activations, gradients, Adam, allocator)")
-        axes[1].legend(fontsize=7, loc="lower right")
+        # below the axis: inside it, the legend would hide the bottom arm's bar
+        axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
     axes[1].set(xlabel="MiB", title="peak CUDA memory above the yardsticks" if cuda
                 else "resident memory grown while training (CPU RSS)")
     t = summary["step_time_s"]
