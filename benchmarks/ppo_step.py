@@ -8,10 +8,13 @@ of FLOPs / peak FLOP/s and bytes / bandwidth: no code on this machine can do the
 prints the time, the bound and the fraction of the bound reached; "at its shapes" is the time of the
 phase's GEMMs timed alone at their own shapes (hot caches), what the matmul kernels allow there.
 
-Memory: each (profile, dtype) runs in a fresh process; resident memory after each stage of setting up, and
-the transient above it of each phase (Linux VmHWM, reset before each phase); CUDA's max_memory_allocated
-beside it on a GPU. `step / floor` is the old self-relative ratio: the step against its own parts timed
-alone (1.00: the loop adds nothing to its parts; it says nothing of the machine).
+Memory: each (profile, dtype) runs in a fresh process; resident memory after each library's import and each
+stage of setting up, split into anonymous pages (what the process allocated) and file-backed ones (the
+memory-mapped weights, the libraries' code), and the transient above it of each phase (Linux VmHWM, reset
+before each phase); the process's peak (ru_maxrss) before the limits are measured; CUDA's
+max_memory_allocated beside it on a GPU. `step / floor` is the old self-relative ratio: the step against its
+own parts timed alone (1.00: the loop adds nothing to its parts; it says nothing of the machine). A step's
+time moves between runs on a shared machine: compare two codes with benchmarks/ab_step.py (paired).
 
     .venv/bin/python benchmarks/ppo_step.py --profile smol --batch 8 --mini-batch 4 --epochs 4 \
         [--dtype float32 --dtype bfloat16] [--json PATH]
@@ -167,6 +170,12 @@ def rss() -> int:
     return _status("VmRSS")
 
 
+def rss_split() -> dict:
+    """Resident memory by kind: anonymous pages (what the process allocated) and file-backed ones (the
+    memory-mapped safetensors weights, the libraries' code)."""
+    return {"anon": _status("RssAnon"), "file": _status("RssFile")}
+
+
 def transient(fn) -> tuple[object, int]:
     """`fn()`'s result and the resident memory it needed above what was resident before it (VmHWM, reset)."""
     try:
@@ -182,8 +191,20 @@ def transient(fn) -> tuple[object, int]:
 # --- one (profile, dtype) in this process -------------------------------------------------------------
 
 
+IMPORTS = [("torch", "torch"), ("transformers", "transformers"), ("peft (it imports bitsandbytes)", "peft"),
+           ("datasets", "datasets"), ("scikit-learn", "sklearn.feature_extraction.text"), ("pandas", "pandas")]
+
+
 def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overrides) -> dict:
-    memory = {"after import": rss()}
+    memory, split = {}, {}
+
+    def stage(name):
+        memory[name], split[name] = rss(), rss_split()
+
+    # what each library costs resident, imported in the order the helpers import them (torch: at the top)
+    for label, module in IMPORTS:
+        __import__(module)
+        stage(f"after import: {label}")
     import numpy as np
 
     import helpers  # noqa: F401
@@ -197,7 +218,7 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
     from helpers.reference import DisabledAdapters
     from helpers.rewards import load_reward
 
-    memory["after import"] = rss()
+    stage("after import: the helpers")
     profile = get_profile(profile_name)
     if dtype_name == "auto":
         from helpers.models import resolve_dtype
@@ -208,15 +229,15 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
     model = load_model(profile, merged_dir, quantize="8bit" if profile.load_in_8bit else None,
                        dtype=getattr(torch, dtype_name))
     tokenizer = load_tokenizer(merged_dir)
-    memory["after the weights"] = rss()
+    stage("after the weights")
     policy = new_lora(model, profile)
     value_head = ValueHead(model.config.hidden_size).to(policy.device)
     reference = DisabledAdapters(policy)
     config = config_from_profile(profile, steps=steps + 1, **overrides)
     reward = load_reward(profile)
-    memory["after the reward model"] = rss()
+    stage("after the reward model")
     queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=config.steps * config.batch_size, seed=0)
-    memory["after the data"] = rss()
+    stage("after the data")
     device = policy.device.type
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -228,8 +249,10 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
     # fwd_s (the rollout's forward) is timed in the loop since issue 20; older code: timed alone below
     timed_in_loop = [c for c in ("gen_s", "score_s", "fwd_s", "ref_s", "update_s") if c in metrics]
     phases = metrics[timed_in_loop].iloc[1:].median().to_dict()
-    memory["after the PPO steps"] = rss()
+    stage("after the PPO steps")
     memory["peak of the PPO steps (transient above the line before)"] = loop_peak
+    # the process's own peak, before the limits below allocate their buffers (512 MiB for the bandwidth)
+    memory["peak of the process (ru_maxrss)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     # each part alone on one batch like the loop's, with its own memory transient
     batch = queries[: config.batch_size]
@@ -287,17 +310,18 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
                      "fraction_of_bound": bound / seconds[name], "gemms_at_their_shapes_s": at_shapes,
                      "transient_mib": transients[name] / 2**20})
     floor = sum(alone.values()) + phases["score_s"]
-    rest = step - sum(seconds.values()) - phases["score_s"]
+    # the rest, step by step (a difference of medians can come out negative when steps vary)
+    rest = float((metrics.step_time_s - metrics[timed_in_loop].sum(axis=1)).iloc[1:].median())
+    rest -= 0.0 if "fwd_s" in metrics else seconds["rollout forward"]  # older code: not in the loop's columns
     rows.append({"phase": "score (reward model)", "time_s": phases["score_s"]})
     rows.append({"phase": "the rest (GAE, KL and entropy statistics, bookkeeping)", "time_s": rest})
-    memory["peak of the process (ru_maxrss)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
         memory["CUDA max_memory_allocated"] = torch.cuda.max_memory_allocated()
     return {"profile": profile.name, "dtype": str(dtype).replace("torch.", ""), "batch": config.batch_size,
             "mini_batch": config.mini_batch_size, "ppo_epochs": config.ppo_epochs, "query_tokens": ro.query_len,
             "generated_tokens": generated, "step_s": step, "rollouts_per_s": config.batch_size / step,
             "loop_phases_s": phases, "phases": rows, "peak_flops": peak, "read_bandwidth_bytes_per_s": bandwidth,
-            "weight_bytes": model_bytes(model), "memory_bytes": memory,
+            "weight_bytes": model_bytes(model), "memory_bytes": memory, "memory_split_bytes": split,
             "phases_alone_s": alone, "step_over_floor": step / floor, "machine": signature()}
 
 
@@ -313,7 +337,10 @@ def report(result: dict) -> str:
             f"({r['rollouts_per_s']:.2f} rollouts/s); peak {r['peak_flops'] / 1e9:.0f} GFLOP/s, read bandwidth "
             f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, weights {r['weight_bytes'] / GIB:.2f} GiB")
     table = pd.DataFrame(r["phases"]).set_index("phase").round(3).astype(object).fillna("").to_string()
-    memory = "\n".join(f"  {k:58s} {v / GIB:6.2f} GiB" for k, v in r["memory_bytes"].items())
+    split = r.get("memory_split_bytes", {})
+    memory = "\n".join(f"  {k:58s} {v / GIB:6.2f} GiB" + (f"  (anonymous {split[k]['anon'] / GIB:.2f}, file-backed "
+                                                         f"{split[k]['file'] / GIB:.2f})" if k in split else "")
+                       for k, v in r["memory_bytes"].items())
     return (f"{head}\n{table}\nstep / floor (the step against its own parts timed alone): "
             f"{r['step_over_floor']:.2f}\nmemory (resident):\n{memory}\n")
 

@@ -131,3 +131,32 @@ def test_which_arm_table_is_the_same_in_the_readme_and_in_notebook_04():
     assert table == readme_table[:len(table)] and len(table) >= 9
     named = {arm for row in table for arm in ARMS if f"`{arm}`" in row}
     assert named == {"adapter+ref-adapter", "adapter+disabled", "merged+disabled", "adapter+copy", "merged+copy"}
+
+
+HEAP = """
+import sys, torch
+if sys.argv[1] == "fixed":
+    import helpers  # its import fixes glibc's mmap threshold
+def anon():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon")) * 1024
+torch.ones(24 * 2**18)  # 24 MiB, mapped and unmapped: glibc now raises its mmap threshold to 24 MiB
+before = anon()
+torch.ones(20 * 2**18)  # 20 MiB, touched and freed
+print(anon() - before)
+"""
+
+
+def test_a_freed_large_tensor_leaves_no_resident_memory():
+    """With glibc's threshold fixed (`import helpers`), a freed vocabulary-sized tensor is handed back to the OS;
+    with glibc's own dynamic threshold it stays resident, which is what the fix is for."""
+    if not (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"):
+        import pytest
+
+        pytest.skip("glibc's allocator only")
+    growth = {}
+    for mode in ("default", "fixed"):
+        result = subprocess.run([sys.executable, "-c", HEAP, mode], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        growth[mode] = int(result.stdout.split()[-1])
+    assert growth["default"] > 16 * 2**20, growth  # the problem is real here ...
+    assert growth["fixed"] < 4 * 2**20, growth  # ... and gone

@@ -112,3 +112,13 @@ def test_adaptive_kl_controller():
     ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
     ctl.update(3.0, n_steps=100)  # error -0.5 clipped to -0.2
     assert ctl.value == pytest.approx(0.2 * (1 - 0.2 * 100 / 10000))
+
+
+def test_kl_and_entropy_row_by_row_equal_the_whole_batch_bit_for_bit():
+    torch.manual_seed(0)
+    logp, ref_logp = (torch.log_softmax(3 * torch.randn(4, 5, 3000), -1) for _ in range(2))
+    mask = (torch.rand(4, 5) > 0.2).float()
+    per_token_kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+    assert torch.equal(kl_exact(logp, ref_logp, mask), (per_token_kl * mask).sum(-1) / mask.sum(-1))
+    per_token_entropy = -(logp.exp() * logp).sum(-1)
+    assert torch.equal(entropy(logp, mask), (per_token_entropy * mask).sum() / mask.sum())

@@ -92,6 +92,9 @@ quiet_libraries()
 if os.environ.get("TUTORIAL_TERMINAL_PROGRESS") == "1" and sys.__stderr__ is not None:
     _mirror_trainer_progress_to_terminal()
 
-from .profiles import PROFILES, Profile, get_profile  # noqa: E402  (after the filters: it imports torch)
+from .machine import fix_mmap_threshold  # noqa: E402  (after the filters: it imports torch)
+from .profiles import PROFILES, Profile, get_profile  # noqa: E402
+
+fix_mmap_threshold()  # before any model is loaded: see its docstring
 
 __all__ = ["PROFILES", "Profile", "get_profile", "quiet_libraries"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import platform
 
 import torch
@@ -49,3 +51,40 @@ def signature() -> dict:
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_capability": cpu_capability(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+# --- the C heap (glibc) --------------------------------------------------------------------------------
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+MMAP_THRESHOLD_BYTES = 4 * 2**20
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl): their allocators keep their own policies
+        return None
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Give every heap block of at least `threshold` bytes its own mapping, handed back to the OS when freed.
+
+    glibc starts at 128 KiB but raises the threshold to the size of each mapped block freed (up to 32 MiB).
+    After the first PPO step every vocabulary-sized tensor (logits, log-probabilities: 12-25 MiB on smol) then
+    comes from the heap, and the holes they leave stay resident (the peak with and without: the memory table
+    of benchmarks/ppo_step.py, run once on each code); time is no different within the machine's noise. Fixing the threshold also stops that raising.
+    Values do not change: torch asks for the same alignment either way. True where it took effect."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def release_free_memory() -> None:
+    """Collect Python's garbage and hand the heap's free pages back to the OS (glibc's malloc_trim): what a
+    stage freed (the reviews read to check the reward model's cache, a previous run's models) stops counting
+    as resident before the next stage's memory is measured."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

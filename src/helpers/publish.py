@@ -158,8 +158,8 @@ def tutorial_block(folder: str | Path) -> str:
 
 def benchmark_block(folder: str | Path) -> str:
     """The README's performance figures, from the committed benchmark files in `folder` (docs/benchmarks/):
-    ppo_step.json (after), ppo_step_before.json, ppo_step_default.json (the profile's own layout),
-    dtype_numbers.json and 03_ppo_evaluation_bf16.json."""
+    ppo_step.json (after), ppo_step_before.json, ab_step.json (the paired step-time A/B), ppo_step_default.json
+    (the profile's own layout), dtype_numbers.json and 03_ppo_evaluation_bf16.json."""
     from .artifacts import read_json
 
     folder = Path(folder)
@@ -169,6 +169,15 @@ def benchmark_block(folder: str | Path) -> str:
     first = after["results"][0]
     m = first["machine"]
     gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
+
+    def steps_peak(r):  # resident memory at the peak of the PPO steps
+        return r["memory_bytes"]["after the data"] + r["memory_bytes"]["peak of the PPO steps (transient above the line before)"]
+
+    def memory_cell(r, stage):
+        if stage not in r["memory_bytes"]:
+            return "–"
+        split = r.get("memory_split_bytes", {}).get(stage)
+        return gib(r["memory_bytes"][stage]) + (f" ({gib(split['anon'])} + {gib(split['file'])})" if split else "")
 
     def layout(r):
         return f"batch {r['batch']}, {r['ppo_epochs']} epochs × minibatch {r['mini_batch']}"
@@ -192,26 +201,32 @@ def benchmark_block(folder: str | Path) -> str:
                 lines.append(f"| {p['phase']} | {p['time_s']:.2f} | | | | | | |")
         lines.append("")
     lines += [f"Before and after this version of the code (`{before['command']}`, {before['date']}, the same machine; "
-              "times in s; one run each, so a figure moves by several percent between runs):", "",
-              "| dtype | code | step | after / before | generation | rollout fwd | reference fwd | epochs fwd/bwd | rest |",
+              "times in s; one run each, and on a shared machine a step's time moves between runs of the same code by more "
+              "than these codes differ: the paired figure below is the comparison):", "",
+              "| dtype | code | step | generation | rollout fwd | reference fwd | epochs fwd/bwd | rest "
+              "| peak RSS during the PPO steps (GiB) |",
               "|" + " --- |" * 9]
-    old_step = {r["dtype"]: r["step_s"] for r in before["results"]}
     for label, run in (("before", before), ("after", after)):
         for r in run["results"]:
             t = {p["phase"]: p["time_s"] for p in r["phases"]}
-            ratio = f"{r['step_s'] / old_step[r['dtype']]:.2f}" if label == "after" else ""
-            lines.append(f"| {r['dtype']} | {label} | {r['step_s']:.2f} | {ratio} | {t['generation']:.2f} | "
+            lines.append(f"| {r['dtype']} | {label} | {r['step_s']:.2f} | {t['generation']:.2f} | "
                          f"{t['rollout forward']:.2f} | "
                          f"{t['reference forward']:.2f} | {t['epochs forward/backward']:.2f} | "
-                         f"{t['the rest (GAE, KL and entropy statistics, bookkeeping)']:.2f} |")
+                         f"{t['the rest (GAE, KL and entropy statistics, bookkeeping)']:.2f} | {gib(steps_peak(r))} |")
+    ab = read_json(folder / "ab_step.json")
+    lo, hi = ab["ratio_ci"]
+    lines += ["", f"The same comparison paired, which one run each cannot be: `{ab['command']}` ({ab['date']}, {ab['dtype']}, "
+              f"batch {ab['batch']}, {ab['ppo_epochs']} epochs × minibatch {ab['mini_batch']}) runs the same "
+              f"{ab['steps']} PPO steps in fresh processes with either code, in alternating order: step time after / before "
+              f"**{ab['ratio_mean']:.2f}** [{lo:.2f}, {hi:.2f}] (mean over {len(ab['pairs'])} pairs, 95% t-interval)."]
     stages = list(first["memory_bytes"])
-    lines += ["", "Where the memory goes (resident, GiB; a fresh process per column; the weights are memory-mapped "
-              "fp32 safetensors, resident only once a forward has touched them):", "",
+    lines += ["", "Where the memory goes (resident, GiB, with its anonymous + file-backed parts; a fresh process per "
+              "column; the weights are memory-mapped fp32 safetensors, file-backed and resident only once a forward has "
+              "touched them; in bf16, an anonymous converted copy):", "",
               "| | " + " | ".join(f"{r['dtype']}, {layout(r)}" for r in after["results"] + default["results"]) + " |",
               "|" + " --- |" * (1 + len(after["results"]) + len(default["results"]))]
     for stage in stages:
-        cells = [gib(r["memory_bytes"][stage]) if stage in r["memory_bytes"] else "–"
-                 for r in after["results"] + default["results"]]
+        cells = [memory_cell(r, stage) for r in after["results"] + default["results"]]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     lines += ["", "fp32 against bf16 (bf16: base weights in bf16; LoRA, value head and Adam in fp32):", "",
               "| layout | dtype | step (s) | generation | rollout fwd | reference fwd | epochs fwd/bwd | peak RSS during the PPO steps (GiB) |",
@@ -220,8 +235,7 @@ def benchmark_block(folder: str | Path) -> str:
         f = {p["phase"]: p for p in r["phases"] if "bound_s" in p}
         cells = [f"{f[k]['time_s']:.2f} s ({f[k]['fraction_of_bound']:.2f} of bound)" for k in
                  ("generation", "rollout forward", "reference forward", "epochs forward/backward")]
-        peak = r["memory_bytes"]["after the data"] + r["memory_bytes"]["peak of the PPO steps (transient above the line before)"]
-        lines.append(f"| {layout(r)} | {r['dtype']} | {r['step_s']:.2f} | " + " | ".join(cells) + f" | {gib(peak)} |")
+        lines.append(f"| {layout(r)} | {r['dtype']} | {r['step_s']:.2f} | " + " | ".join(cells) + f" | {gib(steps_peak(r))} |")
     fp32_eval = read_json(folder.parent / "tutorial" / "smol" / "03_ppo_evaluation.json")
     lines += ["", f"What bf16 changes in the numbers, one step's identical inputs (`benchmarks/dtype_numbers.py`, "
               f"{numbers['tokens']} response tokens; tolerances fixed before measuring):", "",

@@ -14,7 +14,6 @@ it ran on). The combined tables beside `runs/` are rewritten after each run.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import hashlib
 import json
@@ -35,7 +34,7 @@ import torch
 from .arms import ARMS, Sources, build_arm, check_arms, profile_quantization, yardsticks
 from .artifacts import atomic_dir, read_json, require, stage_dir, write_csv, write_json
 from .evaluation import Evaluator
-from .machine import cpu_model
+from .machine import cpu_model, release_free_memory
 from .models import compute_dtype, model_bytes
 from .ppo import PPOConfig, train, trainable_parameters
 from .profiles import Profile
@@ -223,11 +222,7 @@ class RssPeak:
     def __enter__(self):
         import psutil
 
-        gc.collect()
-        try:  # hand freed heap back to the OS, so a previous arm's freed pages do not hide this arm's growth
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+        release_free_memory()  # so a previous arm's freed pages do not hide this arm's growth
         self._process = psutil.Process()
         self.start = self.peak = self._process.memory_info().rss
         self.start_parts = self.peak_parts = _rss_parts()
