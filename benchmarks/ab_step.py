@@ -25,27 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(args) -> None:
-    """One process: set up as notebook 03 does, run the steps, print their times as JSON."""
-    import torch
+    """One process: set up as notebook 03 does (benchmarks/ppo_step.py's `setup`), run the steps, print their
+    times as JSON."""
+    from ppo_step import setup  # this folder is the script's, so first on sys.path
 
-    from helpers import get_profile
-    from helpers.artifacts import output_dir, require, stage_dir
-    from helpers.data import load_imdb, ppo_queries
-    from helpers.models import load_model, load_tokenizer, new_lora
-    from helpers.ppo import ValueHead, config_from_profile, train
-    from helpers.reference import DisabledAdapters
-    from helpers.rewards import load_reward
+    from helpers.ppo import train
 
-    profile = get_profile(args.profile)
-    merged = require(stage_dir(output_dir(), profile.name, "02_merge") / "model", "02_merge", profile.name)
-    model = load_model(profile, merged, quantize="8bit" if profile.load_in_8bit else None, dtype=getattr(torch, args.dtype))
-    tokenizer = load_tokenizer(merged)
-    policy = new_lora(model, profile)
-    config = config_from_profile(profile, steps=args.steps + 1, batch_size=args.batch, mini_batch_size=args.mini_batch,
-                                 ppo_epochs=args.epochs)
-    queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=config.steps * config.batch_size, seed=0)
-    metrics = train(policy, ValueHead(model.config.hidden_size).to(policy.device), DisabledAdapters(policy), tokenizer,
-                    queries, load_reward(profile), config, progress=False)
+    run = setup(args.profile, args.dtype, args.steps, batch_size=args.batch, mini_batch_size=args.mini_batch,
+                ppo_epochs=args.epochs)
+    metrics = train(run.policy, run.value_head, run.reference, run.tokenizer, run.queries, run.reward, run.config,
+                    progress=False)
     print(json.dumps({"step_s": metrics.step_time_s.tolist(), "kl_ref": metrics.kl_ref.tolist()}))
 
 
@@ -53,8 +42,9 @@ def run_one(args, pythonpath: str | None) -> dict:
     env = dict(os.environ, OUTPUT_DIR=str(Path(os.environ.get("OUTPUT_DIR", "outputs")).resolve()))
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    command = [sys.executable, __file__, "--child", "--profile", args.profile, "--dtype", args.dtype, "--steps",
-               str(args.steps), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch), "--epochs", str(args.epochs)]
+    command = [sys.executable, __file__, "--child", "--profile", args.profile, "--dtype", args.dtype,
+               "--steps", str(args.steps), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
+               "--epochs", str(args.epochs)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     if done.returncode:
         sys.exit(done.returncode)
@@ -91,21 +81,20 @@ def main():
         pairs.append({"first": order[0], "a_step_s": a, "b_step_s": b})
         print(f"pair {i + 1}: A {a:.2f} s, B {b:.2f} s, A/B {a / b:.3f}", flush=True)
     mean = statistics.mean(ratios)
-    half = stats.t.ppf(0.975, len(ratios) - 1) * statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
+    n = len(ratios)
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(ratios) / n**0.5 if n > 1 else float("nan")
     print(f"A/B step time: {mean:.3f} [{mean - half:.3f}, {mean + half:.3f}] (95% t-interval, {len(ratios)} pairs)")
     if args.json:
         from datetime import date
 
+        from helpers.artifacts import write_json
         from helpers.machine import signature
 
         command = ".venv/bin/python benchmarks/ab_step.py " + " ".join(sys.argv[1:])
-        result = {"command": command, "date": date.today().isoformat(), "machine": signature(), "profile": args.profile,
-                  "dtype": args.dtype, "batch": args.batch, "mini_batch": args.mini_batch, "ppo_epochs": args.epochs,
-                  "steps": args.steps, "pairs": pairs, "ratio_mean": mean, "ratio_ci": [mean - half, mean + half]}
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, {"command": command, "date": date.today().isoformat(), "machine": signature(),
+                               "profile": args.profile, "dtype": args.dtype, "batch": args.batch,
+                               "mini_batch": args.mini_batch, "ppo_epochs": args.epochs, "steps": args.steps,
+                               "pairs": pairs, "ratio_mean": mean, "ratio_ci": [mean - half, mean + half]})
 
 
 if __name__ == "__main__":

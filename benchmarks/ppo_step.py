@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import torch
 
@@ -195,30 +196,18 @@ IMPORTS = [("torch", "torch"), ("transformers", "transformers"), ("peft (it impo
            ("datasets", "datasets"), ("scikit-learn", "sklearn.feature_extraction.text"), ("pandas", "pandas")]
 
 
-def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overrides) -> dict:
-    memory, split = {}, {}
-
-    def stage(name):
-        memory[name], split[name] = rss(), rss_split()
-
-    # what each library costs resident, imported in the order the helpers import them (torch: at the top)
-    for label, module in IMPORTS:
-        __import__(module)
-        stage(f"after import: {label}")
-    import numpy as np
-
-    import helpers  # noqa: F401
+def setup(profile_name: str, dtype_name: str, steps: int, stage=lambda name: None, **overrides) -> SimpleNamespace:
+    """Everything a PPO run needs, set up as notebook 03 does, with `steps` timed steps after one warm-up step;
+    `stage(name)` is called after each stage (the memory table's lines). Shared with benchmarks/ab_step.py,
+    and run on older code too (PYTHONPATH), so it calls only what that code had."""
     from helpers import get_profile
     from helpers.artifacts import output_dir, require, stage_dir
     from helpers.data import load_imdb, ppo_queries
-    from helpers.machine import signature
-    from helpers.models import load_model, load_tokenizer, model_bytes, new_lora
-    from helpers.ppo import (ValueHead, config_from_profile, gather_logprobs, log_softmax, policy_forward, rollout,
-                             trainable_parameters, train)
+    from helpers.models import load_model, load_tokenizer, new_lora
+    from helpers.ppo import ValueHead, config_from_profile
     from helpers.reference import DisabledAdapters
     from helpers.rewards import load_reward
 
-    stage("after import: the helpers")
     profile = get_profile(profile_name)
     if dtype_name == "auto":
         from helpers.models import resolve_dtype
@@ -238,6 +227,31 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
     stage("after the reward model")
     queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=config.steps * config.batch_size, seed=0)
     stage("after the data")
+    return SimpleNamespace(profile=profile, model=model, tokenizer=tokenizer, policy=policy, value_head=value_head,
+                           reference=reference, config=config, reward=reward, queries=queries)
+
+
+def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overrides) -> dict:
+    memory, split = {}, {}
+
+    def stage(name):
+        memory[name], split[name] = rss(), rss_split()
+
+    # what each library costs resident, imported in the order the helpers import them (torch: at the top)
+    for label, module in IMPORTS:
+        __import__(module)
+        stage(f"after import: {label}")
+    import numpy as np
+
+    import helpers  # noqa: F401
+    from helpers.machine import signature
+    from helpers.models import model_bytes
+    from helpers.ppo import gather_logprobs, log_softmax, policy_forward, rollout, trainable_parameters, train
+
+    stage("after import: the helpers")
+    run = setup(profile_name, dtype_name, steps, stage, **overrides)
+    profile, model, policy, config, queries = run.profile, run.model, run.policy, run.config, run.queries
+    tokenizer, value_head, reference, reward = run.tokenizer, run.value_head, run.reference, run.reward
     device = policy.device.type
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -377,11 +391,10 @@ def main():
     if args.json:
         from datetime import date
 
+        from helpers.artifacts import write_json
+
         command = ".venv/bin/python benchmarks/ppo_step.py " + " ".join(a for a in sys.argv[1:])
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"command": command, "date": date.today().isoformat(), "results": results}, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, {"command": command, "date": date.today().isoformat(), "results": results})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Project plumbing: which library messages `import helpers` hides (only named ones) and where outputs go."""
 
+import platform
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -149,13 +152,12 @@ print(anon() - before)
 def test_a_freed_large_tensor_leaves_no_resident_memory():
     """With glibc's threshold fixed (`import helpers`), a freed vocabulary-sized tensor is handed back to the OS;
     with glibc's own dynamic threshold it stays resident, which is what the fix is for."""
-    if not (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"):
-        import pytest
-
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
         pytest.skip("glibc's allocator only")
     growth = {}
     for mode in ("default", "fixed"):
-        result = subprocess.run([sys.executable, "-c", HEAP, mode], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-c", HEAP, mode], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         growth[mode] = int(result.stdout.split()[-1])
     assert growth["default"] > 16 * 2**20, growth  # the problem is real here ...

@@ -72,8 +72,9 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     glibc starts at 128 KiB but raises the threshold to the size of each mapped block freed (up to 32 MiB).
     After the first PPO step every vocabulary-sized tensor (logits, log-probabilities: 12-25 MiB on smol) then
     comes from the heap, and the holes they leave stay resident (the peak with and without: the memory table
-    of benchmarks/ppo_step.py, run once on each code); time is no different within the machine's noise. Fixing the threshold also stops that raising.
-    Values do not change: torch asks for the same alignment either way. True where it took effect."""
+    of benchmarks/ppo_step.py, run once on each code); time is no different within the machine's noise.
+    Fixing the threshold also stops that raising. Values do not change: torch asks for the same alignment
+    either way. True where it took effect."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
