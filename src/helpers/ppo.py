@@ -43,11 +43,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig
 
+from .fastpath import fast_path_on, pack_frozen_linears
 from .machine import release_free_memory
 from .models import response_forward
 from .reference import Reference
+from .sampling import generate_own_distribution, generate_tokens, sampling_config  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -226,6 +227,7 @@ class Rollout:
     texts: list[str]  # query + response, decoded
     responses: list[str]
     logits: torch.Tensor | None = None  # [B, R, V] the sampling policy's logits, kept only if asked for
+    hidden: torch.Tensor | None = None  # [B, R, H] its last hidden states there (fast path, if asked for)
 
     @property
     def response_tokens(self) -> torch.Tensor:
@@ -246,45 +248,21 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def sampling_config(eos_ids: list[int], pad_token_id: int, max_new_tokens: int) -> GenerationConfig:
-    """Plain sampling from the policy's distribution: temperature 1, no top-k/top-p, no penalties."""
-    return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                            eos_token_id=eos_ids, pad_token_id=pad_token_id)
-
-
-def generate_own_distribution(model, generation_config: GenerationConfig, **inputs) -> torch.Tensor:
-    """`model.generate` with `generation_config` alone. transformers fills every setting left unset from the
-    checkpoint's own generation_config (a temperature, a repetition penalty, min_p, ...), which would sample
-    off-policy; with a blank config in its place only our explicit settings and neutral defaults apply."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    checkpoint_config = causal_lm.generation_config
-    causal_lm.generation_config = GenerationConfig()
-    try:
-        return model.generate(**inputs, generation_config=generation_config)
-    finally:
-        causal_lm.generation_config = checkpoint_config
-
-
 @torch.no_grad()
 def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int], keep_logits: bool = False) -> Rollout:
     """Sample one response per query from the policy's own distribution, each cut to its drawn length.
 
     `keep_logits`: also keep the logits generation sampled from, at the positions that predict the response
     tokens: what `response_forward` would compute again (up to float rounding, as generation reuses a KV
-    cache), for a caller that needs no values or gradients (the evaluation)."""
+    cache); on the fast path (helpers.sampling) the last hidden states there too, for the value head."""
     device = policy.device
     pad = tokenizer.pad_token_id
     Q = max(len(q) for q in queries)
     query_ids = torch.tensor([[pad] * (Q - len(q)) + q for q in queries], device=device)
     query_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries], device=device)
     eos_ids = eos_token_ids(policy, tokenizer)
-    config = sampling_config(eos_ids, pad, max(lengths))
-    if keep_logits:
-        config.update(output_logits=True, return_dict_in_generate=True)
-    out = generate_own_distribution(policy, config, input_ids=query_ids, attention_mask=query_mask)
-    logits = torch.stack(out.logits, 1) if keep_logits else None  # raw: before any logits processor
-    out = out.sequences if keep_logits else out
-    response = out[:, Q:]  # may be shorter than max(lengths) when every row ended early
+    generated = generate_tokens(policy, query_ids, query_mask, max(lengths), eos_ids, pad, keep_logits)
+    response = generated.tokens  # may be shorter than max(lengths) when every row ended early
     R = response.shape[1]
     # cut each response to its drawn length, and after the first end-of-sequence token (kept)
     columns = torch.arange(R, device=device)
@@ -297,7 +275,7 @@ def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int], kee
     attention_mask = torch.cat([query_mask, response_mask], 1)
     responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response, response_mask)]
     texts = [tokenizer.decode(q, skip_special_tokens=True) + r for q, r in zip(queries, responses)]
-    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses, logits)
+    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses, generated.logits, generated.hidden)
 
 
 def policy_forward(policy, value_head, input_ids, attention_mask, query_len):
@@ -389,6 +367,10 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
     policy.eval()  # no dropout: the ratio is exactly 1 at the first minibatch of every step
+    fast = fast_path_on()
+    if fast:  # the frozen base weights, laid out once for the whole run (helpers.fastpath)
+        for model in {id(m): m for m in (policy, getattr(reference, "model", None)) if m is not None}.values():
+            pack_frozen_linears(model)
     release_free_memory()  # what setting up freed (the reviews read for the reward's cache) leaves the heap
     if evaluator is not None:
         evaluator(0, policy, reference)
@@ -397,9 +379,9 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
         start = time.perf_counter()
         batch, lengths = step_batch(queries, step, cfg, rng)
 
-        # 1. rollout
+        # 1. rollout (the fast path keeps generation's logits and hidden states: they are step 3's forward)
         t = time.perf_counter()
-        ro = rollout(policy, tokenizer, batch, lengths)
+        ro = rollout(policy, tokenizer, batch, lengths, keep_logits=fast)
         mask, tokens = ro.response_mask.float(), ro.response_tokens
         gen_s = time.perf_counter() - t
 
@@ -410,7 +392,12 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
 
         with torch.no_grad():
             t = time.perf_counter()
-            logits, values = policy_forward(policy, value_head, *ro.rows(slice(None)))
+            if ro.hidden is not None:  # the fast path: generation's own forwards, the same weights
+                logits, values = ro.logits, value_head(ro.hidden)
+                ro.logits = ro.hidden = None
+            else:
+                logits, values = policy_forward(policy, value_head, *ro.rows(slice(None)))
+                ro.logits = None
             logp = log_softmax(logits)
             del logits  # [B, R, vocab]: not needed past here, and it would stay alive through the update
             old_logprobs = gather_logprobs(logp, tokens)
