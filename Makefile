@@ -76,4 +76,4 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) $(OUTPUT_DIR)
+	rm -rf $(VENV) $(LATEST_VENV) .venv-trl112 $(OUTPUT_DIR)

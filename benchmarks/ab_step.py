@@ -35,11 +35,15 @@ def child(args) -> None:
                 ppo_epochs=args.epochs)
     metrics = train(run.policy, run.value_head, run.reference, run.tokenizer, run.queries, run.reward, run.config,
                     progress=False)
-    print(json.dumps({"step_s": metrics.step_time_s.tolist(), "kl_ref": metrics.kl_ref.tolist()}))
+    phases = [c for c in ("gen_s", "fwd_s", "ref_s", "update_s") if c in metrics]
+    print(json.dumps({"step_s": metrics.step_time_s.tolist(), "kl_ref": metrics.kl_ref.tolist(),
+                      "phases_s": metrics[phases].iloc[1:].median().to_dict(),
+                      "peak_rss_bytes": int(metrics.peak_rss_bytes.max())}))
 
 
-def run_one(args, pythonpath: str | None) -> dict:
-    env = dict(os.environ, OUTPUT_DIR=str(Path(os.environ.get("OUTPUT_DIR", "outputs")).resolve()))
+def run_one(args, pythonpath: str | None, **env_vars: str) -> dict:
+    """One fresh child process on this checkout's code, or on `pythonpath`'s; `env_vars` added to its environment."""
+    env = dict(os.environ, OUTPUT_DIR=str(Path(os.environ.get("OUTPUT_DIR", "outputs")).resolve()), **env_vars)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     command = [sys.executable, __file__, "--child", "--profile", args.profile, "--dtype", args.dtype,

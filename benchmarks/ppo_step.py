@@ -315,8 +315,19 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
     peak = max([2.0 * m * k * n / t for (m, k, n), t in gemm_s.items()] +
                [2.0 * square**3 / gemm_seconds(square, square, square, dtype, device)])
     bandwidth = read_bandwidth(device)
+    try:  # older code (PYTHONPATH) has one path only: the reference path
+        from helpers.fastpath import fast_path_on
+
+        path = "fast" if fast_path_on() else "reference"
+    except ImportError:
+        path = "reference"
     rows = []
     for name, w in work.items():
+        if path == "fast" and name == "rollout forward":  # folded into generation: no work of its own
+            rows.append({"phase": name, "time_s": seconds[name],
+                         "note": "none: the old log-probs and values come from generation's own forwards"})
+            alone.pop(name)
+            continue
         bound = max(w.flops / peak, w.bytes / bandwidth)
         at_shapes = sum(gemm_s[s] * count for s, count in w.gemms.items())
         rows.append({"phase": name, "time_s": seconds[name], "gflop": w.flops / 1e9, "gbytes": w.bytes / 1e9,
@@ -336,7 +347,7 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
             "generated_tokens": generated, "step_s": step, "rollouts_per_s": config.batch_size / step,
             "loop_phases_s": phases, "phases": rows, "peak_flops": peak, "read_bandwidth_bytes_per_s": bandwidth,
             "weight_bytes": model_bytes(model), "memory_bytes": memory, "memory_split_bytes": split,
-            "phases_alone_s": alone, "step_over_floor": step / floor, "machine": signature()}
+            "phases_alone_s": alone, "step_over_floor": step / floor, "path": path, "machine": signature()}
 
 
 # --- printing, and one fresh process per (profile, dtype) ---------------------------------------------
@@ -346,7 +357,7 @@ def report(result: dict) -> str:
     import pandas as pd
 
     r = result
-    head = (f"{r['profile']} {r['dtype']}: batch {r['batch']}, {r['ppo_epochs']} epochs x minibatch {r['mini_batch']}, "
+    head = (f"{r['profile']} {r['dtype']}, {r.get('path', 'reference')} path: batch {r['batch']}, {r['ppo_epochs']} epochs x minibatch {r['mini_batch']}, "
             f"query {r['query_tokens']} + {r['generated_tokens']} generated tokens; step {r['step_s']:.2f} s "
             f"({r['rollouts_per_s']:.2f} rollouts/s); peak {r['peak_flops'] / 1e9:.0f} GFLOP/s, read bandwidth "
             f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, weights {r['weight_bytes'] / GIB:.2f} GiB")

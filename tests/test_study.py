@@ -138,7 +138,7 @@ def test_stacked_equals_merged_disabled_within_float_tolerance(tiny_study):
     folder, results = tiny_study
     table = pd.read_csv(folder / "findings.csv", keep_default_na=False).set_index("claim")
     row = table.loc["stacking the SFT adapter under a new LoRA equals merging it"]
-    assert row.verdict == "as expected" and float(row.effect) < 1e-3
+    assert row.verdict == "as expected" and float(row.effect) < 1e-2  # the claim's tolerance (helpers.study)
     e = results.evaluation.set_index(["arm", "seed", "step"]).sort_index()
     np.testing.assert_allclose(e.loc["stacked"].reward_mean, e.loc["merged+disabled"].loc[e.loc["stacked"].index]
                                .reward_mean, atol=1e-4)

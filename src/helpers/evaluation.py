@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .fastpath import fast_path_on, pack_frozen_linears
+from .fastpath import lever_on, pack_frozen_linears
 from .models import perplexity
 from .ppo import kl_exact, log_softmax, rollout
 from .reference import Reference
@@ -53,7 +53,7 @@ class Evaluator:
         """Evaluate `policy` after `step` updates; returns (and keeps) one row of the table."""
         start = time.perf_counter()
         policy.eval()
-        if fast_path_on():  # yardsticks laid out once, as the policy (helpers.fastpath)
+        if lever_on("pack_forward"):  # yardsticks laid out once, as the policy (helpers.fastpath)
             for model in [getattr(m, "model", None) for m in (reference, *self.yardsticks.values())]:
                 if model is not None:
                     pack_frozen_linears(model)

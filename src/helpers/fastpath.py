@@ -35,11 +35,27 @@ def reference_path_on() -> bool:
     return os.environ.get(ENV, "0") not in ("", "0", "false", "False")
 
 
-ENABLED = False  # the fast path is switched on in the commit after the one that records its checks
-
-
 def fast_path_on() -> bool:
-    return ENABLED and not reference_path_on()
+    return not reference_path_on()
+
+
+# The fast path's levers, each measured alone by benchmarks/levers.py (README, "Performance"). All are on;
+# TUTORIAL_FAST_LEVERS=name,name keeps only those named (a benchmark's knob, not a setting to tune).
+LEVERS = ("pack_forward", "pack_backward", "lean_loop", "from_generation")
+
+
+def lever_on(name: str) -> bool:
+    if name not in LEVERS:
+        raise ValueError(f"Unknown lever {name!r}; valid: {', '.join(LEVERS)}")
+    if not fast_path_on():
+        return False
+    chosen = os.environ.get("TUTORIAL_FAST_LEVERS")
+    if chosen is None:
+        return True
+    unknown = set(filter(None, chosen.split(","))) - set(LEVERS)
+    if unknown:
+        raise ValueError(f"TUTORIAL_FAST_LEVERS names unknown levers {sorted(unknown)}; valid: {', '.join(LEVERS)}")
+    return name in chosen.split(",")
 
 
 @contextmanager
@@ -84,6 +100,8 @@ class _FrozenLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         module = ctx.module
+        if not lever_on("pack_backward"):
+            return grad.matmul(module.weight), None
         if module._packed_weight_t is None:
             module._packed_weight_t = _pack(module.weight.t().contiguous())
         return _packed_linear(grad.contiguous(), module._packed_weight_t, None), None

@@ -70,7 +70,7 @@ PPO_ADAPTER = "ppo"
 
 def ppo_lora_config(profile: Profile, model):
     """The new LoRA that PPO trains: the SFT settings without dropout, so PPO's probability ratio is
-    exactly 1 at the first minibatch of a step. B starts at 0: the policy starts as the model under it."""
+    1 at the first minibatch of a step. B starts at 0: the policy starts as the model under it."""
     return lora_config(profile, model, dropout=0.0)
 
 

@@ -16,10 +16,18 @@ The value head is a linear layer on the policy's last hidden state: policy, valu
 adapters disabled) reference share one backbone. Every forward pass runs the LM head only on the
 positions that predict response tokens, and takes the log-softmax once.
 
+Two paths compute the same step (helpers.fastpath). The fast one (default) keeps the logits and last hidden
+states of generation's own forwards as the rollout's old log-probs and values (step 3 then needs only the
+reference's forward), and runs every frozen base weight through a layout packed once per run. The reference
+path (TUTORIAL_REFERENCE_PATH=1) forwards the rollout a second time with plain kernels. They agree up to
+float rounding (tests/test_equivalence.py): on the fast path the KL at step 0 and the ratio at the first
+minibatch are 0 and 1 to ~1e-7, not bit for bit, since generation's KV-cached forwards add in another order.
+
 Numerically this is TRL 0.11.4's PPOTrainer (rewards, GAE, `masked_whiten` with the unbiased variance,
 losses, KL controllers), except for these deliberate differences:
-  - the policy runs in eval mode: no dropout, so the probability ratio is exactly 1 at the first minibatch
-    of every step (TRL trained in train mode; the PPO LoRA here has no dropout anyway);
+  - the policy runs in eval mode: no dropout, so the probability ratio is 1 (up to float rounding on the
+    fast path) at the first minibatch of every step (TRL trained in train mode; the PPO LoRA here has no
+    dropout anyway);
   - no `ratio_threshold` skip: TRL dropped minibatches whose mean ratio exceeded 10; the clip bounds the
     update here, and a non-finite loss stops the run with `NonFiniteError` instead;
   - `approx_kl` (reported, never optimised) is the k3 estimator (ratio - 1) - log ratio, not TRL's
@@ -44,7 +52,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .fastpath import fast_path_on, pack_frozen_linears
+from .fastpath import lever_on, pack_frozen_linears
 from .machine import release_free_memory
 from .models import response_forward
 from .reference import Reference
@@ -366,9 +374,9 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
-    policy.eval()  # no dropout: the ratio is exactly 1 at the first minibatch of every step
-    fast = fast_path_on()
-    if fast:  # the frozen base weights, laid out once for the whole run (helpers.fastpath)
+    policy.eval()  # no dropout: the ratio is 1 at the first minibatch of every step
+    from_generation = lever_on("from_generation")
+    if lever_on("pack_forward"):  # the frozen base weights, laid out once for the whole run (helpers.fastpath)
         for model in {id(m): m for m in (policy, getattr(reference, "model", None)) if m is not None}.values():
             pack_frozen_linears(model)
     release_free_memory()  # what setting up freed (the reviews read for the reward's cache) leaves the heap
@@ -381,7 +389,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
 
         # 1. rollout (the fast path keeps generation's logits and hidden states: they are step 3's forward)
         t = time.perf_counter()
-        ro = rollout(policy, tokenizer, batch, lengths, keep_logits=fast)
+        ro = rollout(policy, tokenizer, batch, lengths, keep_logits=from_generation)
         mask, tokens = ro.response_mask.float(), ro.response_tokens
         gen_s = time.perf_counter() - t
 

@@ -233,8 +233,8 @@ def benchmark_block(folder: str | Path) -> str:
               "|" + " --- |" * 8]
     for r in after["results"] + default["results"]:
         f = {p["phase"]: p for p in r["phases"] if "bound_s" in p}
-        cells = [f"{f[k]['time_s']:.2f} s ({f[k]['fraction_of_bound']:.2f} of bound)" for k in
-                 ("generation", "rollout forward", "reference forward", "epochs forward/backward")]
+        cells = [f"{f[k]['time_s']:.2f} s ({f[k]['fraction_of_bound']:.2f} of bound)" if k in f else "– (in generation)"
+                 for k in ("generation", "rollout forward", "reference forward", "epochs forward/backward")]
         lines.append(f"| {layout(r)} | {r['dtype']} | {r['step_s']:.2f} | " + " | ".join(cells) + f" | {gib(steps_peak(r))} |")
     fp32_eval = read_json(folder.parent / "tutorial" / "smol" / "03_ppo_evaluation.json")
     lines += ["", f"What bf16 changes in the numbers, one step's identical inputs (`benchmarks/dtype_numbers.py`, "

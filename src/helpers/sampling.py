@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from .fastpath import fast_path_on
+from .fastpath import lever_on
 from .models import position_ids, response_forward
 
 # architectures whose backbone forward the lean loop is written against (transformers 5's `cache=` API);
@@ -112,7 +112,7 @@ def generate_tokens(model, query_ids, query_mask, max_new: int, eos_ids: list[in
     path (or for an architecture the loop does not know). With `keep_logits`, the logits are returned, and
     on the lean loop the hidden states too."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not fast_path_on() or causal_lm.config.model_type not in LEAN_ARCHITECTURES:
+    if not lever_on("lean_loop") or causal_lm.config.model_type not in LEAN_ARCHITECTURES:
         return hf_generate(model, query_ids, query_mask, max_new, eos_ids, pad, keep_logits)
     return lean_generate(model, query_ids, query_mask, max_new, eos_ids, pad, keep=keep_logits)
 

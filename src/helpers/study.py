@@ -210,8 +210,12 @@ def study_claims(design: Design) -> list[Claim]:
               RECIPE, "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid),
         Claim("SFT first ends with a higher held-out reward than RL from the base", RECIPE,
               "base+disabled", "reward_end", ">0", study=STUDY, beta=mid),
+        # equal up to float rounding, which PPO's steps amplify: after 3 steps on tiny the largest relative
+        # difference was 1.6e-4 on the reference path and 1.35e-3 on the fast path (helpers.fastpath; smol's
+        # study, 15 steps on the reference path: 3.8e-4). A stacking error moves KL to the base by
+        # KL(SFT || base), > 0.1 on every profile: far outside 1e-2
         Claim("stacking the SFT adapter under a new LoRA equals merging it", "stacked", RECIPE,
-              "curves_relative", "=", study=STUDY, beta=mid, tolerance=1e-3),
+              "curves_relative", "=", study=STUDY, beta=mid, tolerance=1e-2),
         Claim("the pitfall: KL to the reference starts at KL(SFT‖base) > 0", pit, ctl, "kl_ref_start", ">0",
               study=STUDY, beta=mid, kind="sanity"),
     ]
