@@ -405,6 +405,11 @@ def main():
         from helpers.artifacts import write_json
 
         command = ".venv/bin/python benchmarks/ppo_step.py " + " ".join(a for a in sys.argv[1:])
+        if os.environ.get("PYTHONPATH"):  # another checkout's code: say so, and which commit it is
+            src = os.environ["PYTHONPATH"]
+            commit = subprocess.run(["git", "-C", src, "rev-parse", "--short=7", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip() or "unknown"
+            command = f"PYTHONPATH=<a checkout of {commit}>/src " + command
         write_json(args.json, {"command": command, "date": date.today().isoformat(), "results": results})
 
 

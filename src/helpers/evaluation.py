@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .fastpath import lever_on, pack_frozen_linears
 from .models import perplexity
 from .ppo import kl_exact, log_softmax, rollout
 from .reference import Reference
@@ -53,10 +52,6 @@ class Evaluator:
         """Evaluate `policy` after `step` updates; returns (and keeps) one row of the table."""
         start = time.perf_counter()
         policy.eval()
-        if lever_on("pack_forward"):  # yardsticks laid out once, as the policy (helpers.fastpath)
-            for model in [getattr(m, "model", None) for m in (reference, *self.yardsticks.values())]:
-                if model is not None:
-                    pack_frozen_linears(model)
         rewards, kls = [], {"ref": [], **{name: [] for name in self.yardsticks}}
         with ExitStack() as stack:
             cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []

@@ -3,7 +3,8 @@
 During PPO only the LoRA and the value head train: every base weight is frozen for the whole run. So each
 frozen `nn.Linear` can be laid out once in the blocked format oneDNN's kernels read fastest (on smol the LM
 head at 8 rows runs ~4x faster than MKL's sgemm on the plain [vocab x hidden] weight, the layers' products
-~1.3-2x), and reused by generation, the no-grad forwards and the update's forward and input gradients.
+~1.3-2x), and reused by generation, the no-grad forwards and the update's forward (and, with the
+`pack_backward` lever, its input gradients).
 
 The price is the last bits: oneDNN adds in another order than MKL, so a logit moves by ~1e-6 and, rarely, a
 sampled token flips. What must not move is the distribution of results: tests/test_equivalence.py checks
@@ -39,9 +40,13 @@ def fast_path_on() -> bool:
     return not reference_path_on()
 
 
-# The fast path's levers, each measured alone by benchmarks/levers.py (README, "Performance"). All are on;
-# TUTORIAL_FAST_LEVERS=name,name keeps only those named (a benchmark's knob, not a setting to tune).
+# The fast path's levers, each measured alone by benchmarks/levers.py (README, "Performance"). TUTORIAL_FAST_LEVERS
+# =name,name turns on exactly those named (a benchmark's knob, not a setting to tune). The default leaves out
+# pack_backward: measured alone it bought less than the machine's noise (step 0.77 [0.40, 1.15] of the reference
+# path's with it, 0.82 [0.67, 0.96] without; the profiler: 0.3 s of input-gradient products per smol step) for a
+# second packed copy of every weight (+0.5 GiB on smol in fp32).
 LEVERS = ("pack_forward", "pack_backward", "lean_loop", "from_generation")
+DEFAULT_LEVERS = ("pack_forward", "lean_loop", "from_generation")
 
 
 def lever_on(name: str) -> bool:
@@ -51,7 +56,7 @@ def lever_on(name: str) -> bool:
         return False
     chosen = os.environ.get("TUTORIAL_FAST_LEVERS")
     if chosen is None:
-        return True
+        return name in DEFAULT_LEVERS
     unknown = set(filter(None, chosen.split(","))) - set(LEVERS)
     if unknown:
         raise ValueError(f"TUTORIAL_FAST_LEVERS names unknown levers {sorted(unknown)}; valid: {', '.join(LEVERS)}")
@@ -89,8 +94,9 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 
 
 class _FrozenLinear(torch.autograd.Function):
-    """y = x W^T + b with W frozen: forward on the packed W, input gradient g W on a packed W^T (laid out
-    at the first backward, so a model that never trains, such as a reference, never pays for it)."""
+    """y = x W^T + b with W frozen: forward on the packed W; input gradient g W with the plain W, or, with the
+    pack_backward lever, on a packed W^T (laid out at the first backward, so a model that never trains, such
+    as a reference, never pays for it)."""
 
     @staticmethod
     def forward(ctx, x, module):

@@ -376,7 +376,9 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
               else FixedKLController(cfg.init_kl_coef))
     policy.eval()  # no dropout: the ratio is 1 at the first minibatch of every step
     from_generation = lever_on("from_generation")
-    if lever_on("pack_forward"):  # the frozen base weights, laid out once for the whole run (helpers.fastpath)
+    if lever_on("pack_forward"):  # the frozen base weights, laid out once for the whole run (helpers.fastpath);
+        # a separate reference model too, so that it computes as the policy's own network would (not the
+        # evaluation's yardsticks: one forward per evaluation does not pay for a second copy of their weights)
         for model in {id(m): m for m in (policy, getattr(reference, "model", None)) if m is not None}.values():
             pack_frozen_linears(model)
     release_free_memory()  # what setting up freed (the reviews read for the reward's cache) leaves the heap

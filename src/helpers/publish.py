@@ -158,8 +158,9 @@ def tutorial_block(folder: str | Path) -> str:
 
 def benchmark_block(folder: str | Path) -> str:
     """The README's performance figures, from the committed benchmark files in `folder` (docs/benchmarks/):
-    ppo_step.json (after), ppo_step_before.json, ab_step.json (the paired step-time A/B), ppo_step_default.json
-    (the profile's own layout), dtype_numbers.json and 03_ppo_evaluation_bf16.json."""
+    ppo_step.json (after), ppo_step_before.json, ab_step.json (the paired step-time A/B), levers.json (each lever
+    of the fast path alone), trl_ppo.json (against TRL 1.12), ppo_step_default.json (the profile's own layout),
+    dtype_numbers.json and 03_ppo_evaluation_bf16.json."""
     from .artifacts import read_json
 
     folder = Path(folder)
@@ -219,7 +220,35 @@ def benchmark_block(folder: str | Path) -> str:
               f"batch {ab['batch']}, {ab['ppo_epochs']} epochs × minibatch {ab['mini_batch']}) runs the same "
               f"{ab['steps']} PPO steps in fresh processes with either code, in alternating order: step time after / before "
               f"**{ab['ratio_mean']:.2f}** [{lo:.2f}, {hi:.2f}] (mean over {len(ab['pairs'])} pairs, 95% t-interval)."]
-    stages = list(first["memory_bytes"])
+    levers = read_json(folder / "levers.json")
+    lines += ["", f"Each lever of the fast path alone (`{levers['command']}`, {levers['date']}, {levers['dtype']}, "
+              f"{layout({'batch': levers['batch'], 'ppo_epochs': levers['ppo_epochs'], 'mini_batch': levers['mini_batch']})}; "
+              f"{levers['rounds']} rounds of fresh processes in rotating order; step time over the reference path's in "
+              "the same round, mean and 95% t-interval):", "",
+              "| configuration | step (s) | / reference path | generation | rollout fwd | reference fwd | epochs | "
+              "peak RSS (GiB) |", "|" + " --- |" * 8]
+    for name, t in sorted(levers["levers"].items(), key=lambda item: -item[1]["step_s"]):  # the reference first
+        ph, (lo, hi) = t["phases_s"], t["ratio_ci"]
+        lines.append(f"| {name} | {t['step_s']:.2f} | {t['ratio_mean']:.2f} [{lo:.2f}, {hi:.2f}] | {ph['gen_s']:.2f} | "
+                     f"{ph['fwd_s']:.2f} | {ph['ref_s']:.2f} | {ph['update_s']:.2f} | {gib(t['peak_rss_bytes'])} |")
+    trl = read_json(folder / "trl_ppo.json")
+    lines += ["", f"Against TRL 1.12's `PPOTrainer` (its last PPO; `{trl['command']}`, {trl['date']}, {trl['path']} path): "
+              f"batch {trl['batch']} of {trl['response_tokens']} sampled tokens, {trl['ppo_epochs']} epochs × minibatch "
+              f"{trl['mini_batch']}, TRL's value backbone frozen; fresh processes, alternating:", "",
+              "| round | ours: step (s) | ours: peak RSS (GiB) | TRL 1.12: step (s) | TRL 1.12: peak RSS (GiB) |",
+              "| --- | --- | --- | --- | --- |"]
+    for i, r in enumerate(trl["rounds"], 1):
+        lines.append(f"| {i} | {r['ours']['step_s']:.2f} | {gib(r['ours']['peak_rss_bytes'])} | {r['trl']['step_s']:.2f} "
+                     f"| {gib(r['trl']['peak_rss_bytes'])} |")
+    lines += ["", f"Ours is **{trl['speedup_mean']:.2f}×** as fast at **{trl['memory_ratio_mean']:.2f}×** the memory "
+              "(means over rounds)."]
+    # the JSON's keys come back sorted: the imports in the order they happened (each row is cumulative), then
+    # the stages of setting up and running, then the peaks
+    memory = first["memory_bytes"]
+    later = ["after the weights", "after the reward model", "after the data", "after the PPO steps",
+             "peak of the PPO steps (transient above the line before)", "peak of the process (ru_maxrss)"]
+    stages = sorted((k for k in memory if k.startswith("after import")), key=lambda k: memory[k])
+    stages += [k for k in later if k in memory] + [k for k in memory if k not in stages and k not in later]
     lines += ["", "Where the memory goes (resident, GiB, with its anonymous + file-backed parts; a fresh process per "
               "column; the weights are memory-mapped fp32 safetensors, file-backed and resident only once a forward has "
               "touched them; in bf16, an anonymous converted copy):", "",
@@ -244,7 +273,8 @@ def benchmark_block(folder: str | Path) -> str:
         lines.append(f"| {key.replace('|', chr(92) + '|')} | {value:.2e} | {numbers['tolerance'][key]:.0e} | {'yes' if numbers['within'][key] else '**no**'} |")
     lines += ["", "| notebook 03's run | held-out reward gain over the merged model (95% CI, paired prompts) | z |",
               "| --- | --- | --- |"]
-    for label, e in (("float32 (the published run)", fp32_eval), (f"bfloat16 (`{bf16_eval['command']}`)", bf16_eval)):
+    for label, e in (("float32 (the published run)", fp32_eval), (f"bfloat16 (`{bf16_eval['command']}`" + (f"; {bf16_eval['code']}" if "code" in bf16_eval else "") + ")",
+                                                         bf16_eval)):
         lines.append(f"| {label} | {e['gain']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] over {e['prompts']} "
                      f"prompts | {e['z']:.1f} |")
     return "\n".join(lines)
