@@ -48,6 +48,40 @@ def tiny_outputs(tmp_path_factory):
     return out
 
 
+def random_sft(tiny, tokenizer, out) -> tuple[Path, Path]:
+    """Notebooks 01-02 on `tiny` in seconds: a random "SFT adapter" (B != 0, so SFT != base) saved where 01
+    saves it, and its merge where 02 saves it; returns (adapter folder, merged model folder)."""
+    from peft import get_peft_model
+
+    from helpers.artifacts import stage_dir
+    from helpers.data import load_imdb
+    from helpers.merge import merge_adapter, save_merged
+    from helpers.models import lora_config
+    from helpers.sft import save_adapter
+
+    torch.manual_seed(0)
+    base = load_model(tiny)
+    config = lora_config(tiny, base)
+    config.init_lora_weights = False
+    adapter = save_adapter(get_peft_model(base, config), stage_dir(out, "tiny", "01_sft") / "adapter")
+    merged, verification = merge_adapter(tiny, adapter, tokenizer, load_imdb(tiny)["heldout"]["text"][:4])
+    return adapter, save_merged(merged, tokenizer, stage_dir(out, "tiny", "02_merge") / "model", verification)
+
+
+def smol_with_lora():
+    """SmolLM2 at its real widths (30 layers, tied head) in fp32 on the CPU, with a seeded LoRA whose B != 0."""
+    from helpers.models import new_lora
+
+    smol = get_profile("smol")
+    torch.manual_seed(0)
+    policy = new_lora(load_model(smol, dtype=torch.float32, on="cpu"), smol)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return smol, policy
+
+
 @pytest.fixture
 def tiny_base(tiny):
     torch.manual_seed(0)

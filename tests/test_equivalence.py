@@ -21,17 +21,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from peft import get_peft_model
 from scipy import stats
 
-from helpers import get_profile
+from conftest import random_sft, smol_with_lora
+
 from helpers.arms import build_arm
-from helpers.artifacts import stage_dir
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
 from helpers.fastpath import fast_path_on, pack_frozen_linears, reference_path
-from helpers.merge import merge_adapter, save_merged
-from helpers.models import load_model, lora_config, new_lora, response_forward
+from helpers.models import load_model, response_forward
 from helpers.ppo import (ValueHead, config_from_profile, eos_token_ids, gather_logprobs, kl_exact, log_softmax,
                          policy_loss, rollout, train, value_loss)
 from helpers.reference import DisabledAdapters
@@ -76,13 +74,7 @@ def test_the_lean_loop_draws_what_generate_draws(tiny, tokenizer):
 @pytest.fixture(scope="module")
 def smol_policy():
     """SmolLM2 at its real widths with a LoRA whose B != 0, a value head and its reference (adapters off)."""
-    smol = get_profile("smol")
-    torch.manual_seed(0)
-    policy = new_lora(load_model(smol, dtype=torch.float32, on="cpu"), smol)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    smol, policy = smol_with_lora()
     torch.manual_seed(1)
     return smol, policy, ValueHead(policy.config.hidden_size)
 
@@ -158,17 +150,7 @@ def tost_inside(diffs, margin: float) -> tuple[float, float, bool]:
 
 @pytest.fixture(scope="module")
 def tiny_sft(tiny, tokenizer, tmp_path_factory):
-    out = tmp_path_factory.mktemp("equivalence")
-    torch.manual_seed(0)
-    base = load_model(tiny)
-    config = lora_config(tiny, base)
-    config.init_lora_weights = False  # a random "SFT adapter": SFT != base
-    from helpers.sft import save_adapter
-
-    adapter = save_adapter(get_peft_model(base, config), stage_dir(out, "tiny", "01_sft") / "adapter")
-    merged, verification = merge_adapter(tiny, adapter, tokenizer, load_imdb(tiny)["heldout"]["text"][:4])
-    merged_dir = save_merged(merged, tokenizer, stage_dir(out, "tiny", "02_merge") / "model", verification)
-    return adapter, merged_dir
+    return random_sft(tiny, tokenizer, tmp_path_factory.mktemp("equivalence"))
 
 
 def final_evaluation(tiny, tokenizer, sft, data, seed: int, on_reference_path: bool) -> dict:

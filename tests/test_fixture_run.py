@@ -18,23 +18,18 @@ import os
 
 import pytest
 import torch
-from peft import get_peft_model
 
 import helpers.ppo
 from helpers import sampling
-from helpers.artifacts import stage_dir
 from helpers.compare import build_arm, yardsticks
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
-from helpers.merge import merge_adapter, save_merged
-from helpers.models import load_model, lora_config
 from helpers.ppo import TIMING_COLUMNS, config_from_profile, train
-from helpers.rewards import vader_reward
-from helpers.sft import save_adapter
 from helpers.fastpath import reference_path_on
 from helpers.machine import signature as machine_signature
+from helpers.rewards import vader_reward
 
-from conftest import ROOT
+from conftest import ROOT, random_sft, smol_with_lora
 
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_ppo_run.json"
 TIMING = list(TIMING_COLUMNS)
@@ -49,13 +44,7 @@ def tiny_run(tiny, tokenizer, out, monkeypatch, replay: list | None = None) -> d
     """3 PPO steps of the recipe on `tiny` with an evaluation after each (4 held-out prompts, KL to the
     base and the SFT model); every sampling call's tokens, every metric. `replay`: the tokens of a recorded
     run, returned by the sampling calls in their order instead of sampled ones."""
-    torch.manual_seed(0)
-    base = load_model(tiny)
-    config = lora_config(tiny, base)
-    config.init_lora_weights = False  # a random "SFT adapter": SFT != base
-    adapter = save_adapter(get_peft_model(base, config), stage_dir(out, "tiny", "01_sft") / "adapter")
-    merged, verification = merge_adapter(tiny, adapter, tokenizer, load_imdb(tiny)["heldout"]["text"][:4])
-    merged_dir = save_merged(merged, tokenizer, stage_dir(out, "tiny", "02_merge") / "model", verification)
+    adapter, merged_dir = random_sft(tiny, tokenizer, out)
     queries = ppo_queries(load_imdb(tiny)["train"]["text"], tokenizer, n=64, seed=0)
     tokens = []
     replayed = iter(replay or [])
@@ -125,17 +114,10 @@ def test_smol_rollouts_match_the_recorded_tokens_and_log_probs(tokenizer):
     in training's path and in the evaluation's (kept logits). On the recording machine and path: the same tokens.
     Anywhere: the log-probability of every recorded token, computed here, within 1e-4 nats of the recorded one
     (the distribution the tokens were drawn from; AVX2 against AVX-512 moves it ~2e-5)."""
-    from helpers import get_profile
-    from helpers.models import new_lora, response_forward
+    from helpers.models import response_forward
     from helpers.ppo import gather_logprobs, log_softmax, rollout
 
-    smol = get_profile("smol")
-    torch.manual_seed(0)
-    policy = new_lora(load_model(smol, dtype=torch.float32, on="cpu"), smol)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    smol, policy = smol_with_lora()
     queries = ppo_queries(load_imdb(smol)["heldout"]["text"][:4], tokenizer, n=4, seed=0)
     lengths = [16, 9, 16, 4]
 

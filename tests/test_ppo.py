@@ -6,19 +6,18 @@ import math
 import pandas as pd
 import pytest
 import torch
-from peft import get_peft_model
 
 from helpers.artifacts import stage_dir
 from helpers.compare import ARMS, build_arm, yardsticks
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
-from helpers.merge import merge_adapter, save_merged
-from helpers.models import load_model, lora_config, new_lora
+from helpers.models import load_model, new_lora
 from helpers.ppo import (TIMING_COLUMNS, NonFiniteError, ValueHead, config_from_profile, eos_token_ids,
                          generate_own_distribution, rollout, sampling_config, save_ppo, train)
 from helpers.reference import DisabledAdapters, FrozenAdapter, FrozenModel
 from helpers.rewards import token_fraction_reward, vader_reward
-from helpers.sft import save_adapter
+
+from conftest import random_sft
 
 TIMING = [c for c in TIMING_COLUMNS if c != "eval_s"]
 
@@ -27,13 +26,7 @@ TIMING = [c for c in TIMING_COLUMNS if c != "eval_s"]
 def sft_outputs(tiny, tokenizer, tmp_path_factory):
     """An 'SFT adapter' (random, B != 0, so SFT != base) and its merge, laid out as notebooks 01-02 do."""
     out = tmp_path_factory.mktemp("ppo-outputs")
-    torch.manual_seed(0)
-    base = load_model(tiny)
-    config = lora_config(tiny, base)
-    config.init_lora_weights = False
-    adapter = save_adapter(get_peft_model(base, config), stage_dir(out, "tiny", "01_sft") / "adapter")
-    merged, verification = merge_adapter(tiny, adapter, tokenizer, load_imdb(tiny)["heldout"]["text"][:4])
-    save_merged(merged, tokenizer, stage_dir(out, "tiny", "02_merge") / "model", verification)
+    random_sft(tiny, tokenizer, out)
     return out
 
 
