@@ -176,3 +176,17 @@ def test_whole_runs_on_the_fast_path_are_equivalent_to_the_reference_path(tiny, 
         low, high, inside = tost_inside(diffs, margin)
         print(f"{name}: fast - reference, 90% interval [{low:+.4f}, {high:+.4f}], margin +-{margin:.4f}")
         assert inside, f"{name}: 90% interval [{low:+.4f}, {high:+.4f}] not inside +-{margin:.4f}"
+
+
+def test_a_packed_layer_lays_its_weight_out_again_when_the_weight_changes():
+    """A packed copy is never used stale: a weight changed in place, or replaced, is packed again."""
+    layer = torch.nn.Linear(8, 4).requires_grad_(False)
+    assert pack_frozen_linears(torch.nn.Sequential(layer)) == 1
+    x = torch.randn(3, 8)
+    with reference_path(False):
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        with torch.no_grad():
+            layer.weight.mul_(2)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        layer.weight = torch.nn.Parameter(torch.randn(4, 8), requires_grad=False)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))

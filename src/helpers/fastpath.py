@@ -113,14 +113,21 @@ class _FrozenLinear(torch.autograd.Function):
         return _packed_linear(grad.contiguous(), module._packed_weight_t, None), None
 
 
+def _identity(weight: torch.Tensor) -> tuple:
+    """What changes when a weight is replaced (object, storage) or changed in place through autograd's view of it
+    (its version). A write through `.data` (peft's merge does `weight.data += ...`) bumps no version: merge
+    before packing, or load the model again, never merge a packed model in place."""
+    return id(weight), weight.data_ptr(), weight._version
+
+
 def _frozen_linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight = module.weight
     if (reference_path_on() or weight.requires_grad or (module.bias is not None and module.bias.requires_grad)
             or x.dtype != weight.dtype or x.device != weight.device):
         return F.linear(x, weight, module.bias)
-    if module._packed_for != (id(weight), weight._version):  # replaced or changed in place since: lay out again
+    if module._packed_for != _identity(weight):  # replaced or changed in place since: lay out again
         module._packed_weight, module._packed_weight_t = _pack(weight), None
-        module._packed_for = (id(weight), weight._version)
+        module._packed_for = _identity(weight)
     if not torch.is_grad_enabled() or not x.requires_grad:
         return _packed_linear(x, module._packed_weight, module.bias)
     return _FrozenLinear.apply(x, module)
@@ -137,7 +144,7 @@ def pack_frozen_linears(model: torch.nn.Module) -> int:
         if module.weight.requires_grad or not packs_on_this_machine(module.weight):
             continue
         module._packed_weight, module._packed_weight_t = _pack(module.weight), None
-        module._packed_for = (id(module.weight), module.weight._version)
+        module._packed_for = _identity(module.weight)
         module.forward = _frozen_linear_forward.__get__(module)
         packed += 1
     return packed
