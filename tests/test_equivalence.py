@@ -9,7 +9,8 @@ change after measuring, said here:
   ratio: with whitened advantages the loss itself is ~0). Fixed first at the issue's 1e-5; measured, the fast
   path meets it for the batch means (KL 7.7e-6) but not per sequence (4.2e-5), and the reference path itself
   differs from its own AVX2 run by 9.1e-6 (batch mean) and 1.1e-4 (one sequence): a 1e-5 test would fail on
-  CPUs where the code is right. A broken kernel (a weight in bf16, a position off by one) moves them >1e-3;
+  CPUs where the code is right. Broken on purpose, the checks move far more: the packed output scaled by
+  1 + 1e-3 puts log-probs 3.2e-2 nats away, generation's logits kept one position late 20 nats;
 - over whole runs (tiny, 8 paired seeds of 20 steps): the 90% interval of the paired difference (fast minus
   reference) of the final held-out reward within +-0.1 reward units (~7% of the reward's spread across
   responses on smol), and of the final KL to the SFT model within +-20% of the reference path's mean. A 90%
