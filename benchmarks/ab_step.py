@@ -49,6 +49,12 @@ def run_one(args, pythonpath: str | None, **env_vars: str) -> dict:
     command = [sys.executable, __file__, "--child", "--profile", args.profile, "--dtype", args.dtype,
                "--steps", str(args.steps), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
                "--epochs", str(args.epochs)]
+    return run_child(command, env)
+
+
+def run_child(command: list[str], env: dict) -> dict:
+    """Run a benchmark's child process from the project root; the JSON on the last line of what it printed
+    (exits with the child's status if it failed)."""
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     if done.returncode:
         sys.exit(done.returncode)

@@ -116,11 +116,9 @@ def run_side(side: str, steps: int, merged: Path, prompts: Path, trl_python: Pat
     python = str(trl_python) if side == "trl" else sys.executable
     command = [python, __file__, f"--{side}-child", "--steps", str(steps), "--merged", str(merged),
                "--prompts", str(prompts)]
-    env = dict(os.environ, OUTPUT_DIR=str(merged.parents[2]), TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    if done.returncode:
-        sys.exit(done.returncode)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from ab_step import run_child  # this folder is the script's, so first on sys.path
+
+    return run_child(command, dict(os.environ, OUTPUT_DIR=str(merged.parents[2]), TOKENIZERS_PARALLELISM="false"))
 
 
 def main():

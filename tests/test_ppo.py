@@ -12,10 +12,10 @@ from helpers.compare import ARMS, build_arm, yardsticks
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
 from helpers.models import load_model, new_lora
-from helpers.ppo import (TIMING_COLUMNS, NonFiniteError, ValueHead, config_from_profile, eos_token_ids,
-                         generate_own_distribution, rollout, sampling_config, save_ppo, train)
+from helpers.ppo import TIMING_COLUMNS, NonFiniteError, ValueHead, config_from_profile, eos_token_ids, rollout, save_ppo, train
 from helpers.reference import DisabledAdapters, FrozenAdapter, FrozenModel
 from helpers.rewards import token_fraction_reward, vader_reward
+from helpers.sampling import generate_own_distribution, sampling_config
 
 from conftest import random_sft
 

@@ -329,6 +329,12 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def causal_lm_parts(model):
+    """(the causal LM under any adapter wrapper, its backbone, its LM head)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal_lm, getattr(causal_lm, causal_lm.base_model_prefix), causal_lm.get_output_embeddings()
+
+
 def response_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_len: int):
     """(logits, last hidden state) at the positions that predict the response tokens: position Q-1+j predicts
     response token j, so columns Q-1 ... end-1.
@@ -337,14 +343,13 @@ def response_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     positions only: the head is a [hidden x vocab] matmul, and on the query positions it is wasted work.
     Only the last hidden state is kept (the value head needs nothing else). No KV cache is built.
     """
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    _, backbone, head = causal_lm_parts(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                       use_cache=False).last_hidden_state[:, query_len - 1 : -1]
     # contiguous: on a strided slice F.linear falls back to a batched matmul with the [vocab x hidden] weight
     # broadcast over the batch, ~1.5x slower forward and backward on a CPU (same values, bit for bit)
     hidden = hidden.contiguous()
-    return causal_lm.get_output_embeddings()(hidden), hidden
+    return head(hidden), hidden
 
 
 # --- evaluation --------------------------------------------------------------------------------------

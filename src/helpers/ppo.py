@@ -56,7 +56,7 @@ from .fastpath import lever_on, pack_frozen_linears
 from .machine import release_free_memory
 from .models import response_forward
 from .reference import Reference
-from .sampling import generate_own_distribution, generate_tokens, sampling_config  # noqa: F401  (re-exported)
+from .sampling import generate_tokens
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from .fastpath import lever_on
-from .models import position_ids, response_forward
+from .models import causal_lm_parts, position_ids, response_forward
 
 # architectures whose backbone forward the lean loop is written against (transformers 5's `cache=` API);
 # any other model samples through `generate`
@@ -44,7 +44,7 @@ def generate_own_distribution(model, generation_config: GenerationConfig, **inpu
     """`model.generate` with `generation_config` alone. transformers fills every setting left unset from the
     checkpoint's own generation_config (a temperature, a repetition penalty, min_p, ...), which would sample
     off-policy; with a blank config in its place only our explicit settings and neutral defaults apply."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = causal_lm_parts(model)[0]
     checkpoint_config = causal_lm.generation_config
     causal_lm.generation_config = GenerationConfig()
     try:
@@ -63,12 +63,6 @@ def hf_generate(model, query_ids, query_mask, max_new: int, eos_ids: list[int], 
     if not keep_logits:
         return Generated(out[:, query_ids.shape[1]:])
     return Generated(out.sequences[:, query_ids.shape[1]:], torch.stack(out.logits, 1))
-
-
-def causal_lm_parts(model):
-    """(the causal LM under any adapter wrapper, its backbone, its LM head)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal_lm, getattr(causal_lm, causal_lm.base_model_prefix), causal_lm.get_output_embeddings()
 
 
 def lean_generate(model, query_ids, query_mask, max_new: int, eos_ids: list[int], pad: int,
@@ -111,8 +105,7 @@ def generate_tokens(model, query_ids, query_mask, max_new: int, eos_ids: list[in
     """Sample up to `max_new` tokens per left-padded query: the lean loop, or `generate` on the reference
     path (or for an architecture the loop does not know). With `keep_logits`, the logits are returned, and
     on the lean loop the hidden states too."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not lever_on("lean_loop") or causal_lm.config.model_type not in LEAN_ARCHITECTURES:
+    if not lever_on("lean_loop") or causal_lm_parts(model)[0].config.model_type not in LEAN_ARCHITECTURES:
         return hf_generate(model, query_ids, query_mask, max_new, eos_ids, pad, keep_logits)
     return lean_generate(model, query_ids, query_mask, max_new, eos_ids, pad, keep=keep_logits)
 
