@@ -78,6 +78,11 @@ class PPOConfig:
     kl_target: float = 6.0
     kl_horizon: int = 10000
     max_grad_norm: float | None = None  # the original clipped nothing
+    # An addition to TRL 0.11 (1.0 = TRL's one learning rate): the LoRA B matrices learn this many times
+    # faster than every other trained weight, as LoRA+ (Hayou et al. 2024) does. A new LoRA starts at B = 0,
+    # so its A gets no gradient until B has moved; a larger step for B shortens that cold start
+    # (docs/tuning/<profile>/ measures what it buys). It applies to whichever adapter trains, in every arm.
+    lora_b_lr_ratio: float = 1.0
     seed: int = 0
 
 
@@ -296,6 +301,20 @@ def trainable_parameters(policy, value_head) -> list[torch.nn.Parameter]:
     return [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
 
 
+def param_groups(policy, value_head, cfg: PPOConfig) -> list[dict]:
+    """Adam's parameter groups: one at `learning_rate` (TRL's), or, with `lora_b_lr_ratio` != 1, the LoRA B
+    matrices in a second group at `learning_rate * lora_b_lr_ratio`."""
+    if cfg.lora_b_lr_ratio == 1:
+        return [{"params": trainable_parameters(policy, value_head), "lr": cfg.learning_rate}]
+    named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    lora_b = [p for n, p in named if "lora_B" in n]
+    if not lora_b:
+        raise ValueError("lora_b_lr_ratio != 1 needs trainable LoRA B matrices; the policy has none")
+    rest = [p for n, p in named if "lora_B" not in n] + list(value_head.parameters())
+    return [{"params": rest, "lr": cfg.learning_rate},
+            {"params": lora_b, "lr": cfg.learning_rate * cfg.lora_b_lr_ratio}]
+
+
 def peak_memory() -> dict:
     """Peak resident memory of this process (CPU) and peak CUDA allocation since the last reset."""
     peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -370,8 +389,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
     cfg = config
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    params = trainable_parameters(policy, value_head)
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
+    optimizer = torch.optim.Adam(param_groups(policy, value_head, cfg), lr=cfg.learning_rate)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
     policy.eval()  # no dropout: the ratio is 1 at the first minibatch of every step
@@ -478,5 +496,6 @@ def config_from_profile(profile, **overrides) -> PPOConfig:
     """The profile's PPO settings on top of the original example's defaults."""
     config = PPOConfig(steps=profile.ppo_steps, batch_size=profile.ppo_batch_size,
                        mini_batch_size=profile.ppo_mini_batch_size, ppo_epochs=profile.ppo_epochs,
-                       learning_rate=profile.ppo_lr, response_len=tuple(profile.response_len))
+                       learning_rate=profile.ppo_lr, response_len=tuple(profile.response_len),
+                       init_kl_coef=profile.ppo_init_kl_coef, lora_b_lr_ratio=profile.ppo_lora_b_lr_ratio)
     return PPOConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})

@@ -46,6 +46,8 @@ class Profile:
     ppo_mini_batch_size: int = 4
     ppo_epochs: int = 4  # passes over each batch (the original example's 4)
     ppo_lr: float = 1.41e-5
+    ppo_lora_b_lr_ratio: float = 1.0  # LoRA B's learning rate over ppo_lr (helpers.ppo.PPOConfig); 1: TRL's
+    ppo_init_kl_coef: float = 0.2  # β at step 0 (03's adaptive controller starts here; the original's 0.2)
     response_len: tuple[int, int] = (4, 16)  # inclusive range a response length is drawn from
     eval_prompts: int = 32  # fixed held-out prompts of the evaluation during PPO (helpers.evaluation)
     eval_every: int = 5  # evaluate before the first update and after every eval_every updates

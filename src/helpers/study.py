@@ -386,7 +386,8 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
 
 def _jsonable(design: Design) -> dict:
     d = asdict(design)
-    d["ppo"] = {k: v for k, v in d["ppo"].items() if k not in ("seed", "init_kl_coef", "adaptive_kl")}
+    d["ppo"] = {k: v for k, v in d["ppo"].items() if k not in ("seed", "init_kl_coef", "adaptive_kl")
+                and not (k == "lora_b_lr_ratio" and v == 1)}  # as Run.fingerprint: absent at TRL's 1
     d["middle_beta"] = design.middle
     return d
 

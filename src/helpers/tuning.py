@@ -1,0 +1,300 @@
+"""Tuning PPO for learning per CPU-minute: the sweep behind a profile's PPO defaults (`docs/tuning/<profile>/`).
+
+The protocol was fixed before the first trial ran (the constants below, committed with it):
+
+  - A *trial* is one setting on one seed: the recipe (the merged SFT model + a new LoRA; the reference is the
+    same network with adapters disabled, i.e. the SFT model), trained `steps` PPO steps from the profile's
+    settings with a few changed (`SETTINGS`, one entry per setting).
+  - Its score is the held-out reward gain per CPU-minute of training. The gain is paired: the same prompts,
+    response lengths and sampling seed before the first update and after the last (helpers.evaluation). A
+    CPU-minute is a minute of the training steps' wall time times the threads torch used (the evaluations,
+    the same for every setting, are left out).
+  - A setting qualifies only within the drift budget, on its mean over seeds: held-out perplexity at most
+    `PERPLEXITY_BUDGET` times the SFT model's, and exact KL per token to the SFT model at most `KL_BUDGET`
+    nats (what notebook 03 spent in its published run before the tuning: 0.182).
+  - The choice is made on *selection* prompts (openings of train-split reviews that no training prompt is
+    drawn from), seeds 0-2. The winner and the profile's setting before the tuning are then run again on
+    *fresh* prompts (03's held-out prompts) and fresh seeds: the confirmation, a paired difference per seed.
+
+Run it with `python -m helpers.tuning --profile smol --stage screen` (then `--stage confirm`); every trial
+lands in its own folder (resumable), and `analyse` writes the tables, the choice, the figure and the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import atomic_dir, project_root, read_json, require, stage_dir, write_csv, write_json
+from .data import load_imdb, perplexity_reviews, ppo_queries
+from .evaluation import Evaluator, t_interval
+from .models import load_model, load_tokenizer, new_lora
+from .ppo import ValueHead, config_from_profile, train
+from .profiles import Profile, get_profile
+from .reference import DisabledAdapters
+from .rewards import load_reward
+from .runs import content_hash, where_it_ran
+
+PERPLEXITY_BUDGET = 1.25  # held-out perplexity at most this many times the SFT model's
+KL_BUDGET = 0.182  # nats per token to the SFT model: notebook 03's published run before the tuning
+SELECT_POOL = 5000  # the last 5,000 train-split reviews give the selection prompts; training draws from the rest
+SELECT_SEEDS = (0, 1, 2)
+CONFIRM_SEEDS = (100, 101, 102)
+BASELINE = "before"
+
+# one entry per setting: the profile fields it changes (everything else is the profile's, as in notebook 03)
+SETTINGS: dict[str, dict] = {
+    BASELINE: {},  # the profile as it was before the tuning
+    "lr x2": dict(ppo_lr=1.4e-3),
+    "LoRA+ B x4": dict(ppo_lora_b_lr_ratio=4.0),
+    "LoRA+ B x16": dict(ppo_lora_b_lr_ratio=16.0),
+    "beta0 0.05": dict(ppo_init_kl_coef=0.05),
+    "4 epochs": dict(ppo_epochs=4),
+    "minibatch 4": dict(ppo_mini_batch_size=4),
+    "batch 8/4": dict(ppo_batch_size=8, ppo_mini_batch_size=4),
+}
+# the profile's settings before the tuning (what BASELINE means once the defaults change)
+BEFORE = {"smol": dict(ppo_lr=7e-4, ppo_lora_b_lr_ratio=1.0, ppo_init_kl_coef=0.2, ppo_epochs=2, ppo_batch_size=16,
+                       ppo_mini_batch_size=8, response_len=(4, 16))}
+
+
+def tuning_dir(profile_name: str, folder=None) -> Path:
+    return Path(folder) if folder else (project_root() or Path.cwd()) / "docs" / "tuning" / profile_name
+
+
+@dataclass
+class Pool:
+    """What every trial shares: the merged SFT model's folder, tokenizer, reward, prompt sets, perplexity texts."""
+
+    profile: Profile
+    merged_dir: Path
+    sft_adapter: Path
+    tokenizer: object
+    reward: object
+    train_texts: list[str]
+    prompts: dict[str, list[list[int]]]  # "select", "confirm"
+    perplexity_texts: list[str]
+
+    def fingerprint(self) -> dict:
+        return {"sft_adapter": content_hash(self.sft_adapter), "prompts": content_hash(self.prompts),
+                "perplexity_texts": content_hash(self.perplexity_texts), "reward": self.profile.reward}
+
+
+def load_pool(profile: Profile, out=None) -> Pool:
+    merged_dir = require(stage_dir(out, profile.name, "02_merge") / "model", "02_merge", profile.name)
+    sft_adapter = require(stage_dir(out, profile.name, "01_sft") / "adapter", "01_sft", profile.name)
+    data = load_imdb(profile)
+    tokenizer = load_tokenizer(merged_dir)
+    train_texts = list(data["train"]["text"])
+    prompts = {"select": ppo_queries(train_texts[-SELECT_POOL:], tokenizer, n=profile.eval_prompts, seed=7),
+               # notebook 03's held-out prompts (its seed 0 + 1)
+               "confirm": ppo_queries(data["heldout"]["text"], tokenizer, n=profile.eval_prompts, seed=1)}
+    return Pool(profile, merged_dir, sft_adapter, tokenizer, load_reward(profile), train_texts[:-SELECT_POOL],
+                prompts, perplexity_reviews(profile, data))
+
+
+def run_trial(pool: Pool, setting: str, seed: int, prompt_set: str, steps: int, eval_every: int = 10) -> dict:
+    """One setting on one seed: train with held-out evaluations at step 0, every `eval_every` steps and after
+    the last; one row per evaluation after step 0 (its paired gain over step 0, drift and CPU-minutes so far)."""
+    profile = pool.profile.with_overrides(**BEFORE.get(pool.profile.name, {})).with_overrides(**SETTINGS[setting])
+    config = config_from_profile(profile, steps=steps, seed=seed)
+    policy = new_lora(load_model(profile, pool.merged_dir), profile, seed)
+    torch.manual_seed(seed)
+    value_head = ValueHead(policy.get_base_model().config.hidden_size)
+    reference = DisabledAdapters(policy)  # the SFT model
+    queries = ppo_queries(pool.train_texts, pool.tokenizer, n=steps * config.batch_size, seed=seed)
+    evaluator = Evaluator(pool.tokenizer, pool.prompts[prompt_set], pool.reward, config.response_len,
+                          every=eval_every, seed=seed, samples_per_prompt=profile.eval_samples,
+                          perplexity_texts=pool.perplexity_texts, perplexity_seq_len=profile.sft_seq_len)
+    metrics = train(policy, value_head, reference, pool.tokenizer, queries, pool.reward, config, evaluator, progress=False)
+    samples, ev = evaluator.samples(), evaluator.table().set_index("step")
+    per_prompt = samples.groupby(["step", "prompt"]).reward.mean().unstack("step")
+    p_pos = samples.assign(p=1 / (1 + np.exp(-samples.reward))).groupby("step").p.mean()
+    rows = []
+    for step in ev.index[1:]:
+        diff = per_prompt[step] - per_prompt[0]
+        train_s = float(metrics.step_time_s.iloc[:step].sum())
+        rows.append({"setting": setting, "seed": seed, "prompts": prompt_set, "step": int(step),
+                     "episodes": int(step) * config.batch_size,
+                     "updates": int(step) * math.ceil(config.batch_size / config.mini_batch_size) * config.ppo_epochs,
+                     "gain": float(diff.mean()), "gain_se": float(diff.std(ddof=1) / math.sqrt(len(diff))),
+                     "p_positive_before": float(p_pos[0]), "p_positive_after": float(p_pos[step]),
+                     "kl_sft": float(ev.kl_ref_exact[step]), "perplexity_before": float(ev.perplexity[0]),
+                     "perplexity_after": float(ev.perplexity[step]), "train_s": train_s,
+                     "cpu_min": train_s * torch.get_num_threads() / 60, "threads": torch.get_num_threads(),
+                     "reward_sd": float(samples[samples.step == 0].reward.std()), **config_columns(config)})
+    return {"rows": rows, "samples": samples, "metrics": metrics}
+
+
+def config_columns(config) -> dict:
+    return {"lr": config.learning_rate, "lora_b_lr_ratio": config.lora_b_lr_ratio, "beta0": config.init_kl_coef,
+            "batch": config.batch_size, "minibatch": config.mini_batch_size, "epochs": config.ppo_epochs,
+            "response_len": f"{config.response_len[0]}-{config.response_len[1]}"}
+
+
+def trial_dir(folder: Path, prompt_set: str, setting: str, seed: int) -> Path:
+    return folder / "trials" / prompt_set / setting.replace(" ", "_").replace("/", "-") / f"seed{seed}"
+
+
+def sweep(pool: Pool, folder: Path, settings, seeds, prompt_set: str, steps: int) -> None:
+    """Every (setting, seed) not yet in `folder`, each landing in one atomic step."""
+    for setting in settings:
+        if setting not in SETTINGS:
+            raise ValueError(f"Unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+    for seed in seeds:  # seed by seed: a sweep stopped part-way has complete paired seeds
+        for setting in settings:
+            target = trial_dir(folder, prompt_set, setting, seed)
+            if (target / "rows.json").exists() and read_json(target / "rows.json")["steps"] == steps:
+                continue
+            start = time.perf_counter()
+            result = run_trial(pool, setting, seed, prompt_set, steps)
+            with atomic_dir(target) as tmp:
+                write_csv(tmp / "samples.csv", result["samples"])
+                write_csv(tmp / "metrics.csv", result["metrics"])
+                write_json(tmp / "rows.json", {"steps": steps, "rows": result["rows"], "fingerprint": pool.fingerprint()})
+            r = result["rows"][-1]
+            print(f"{prompt_set} {setting} seed {seed}: gain {r['gain']:+.3f} (se {r['gain_se']:.3f}), "
+                  f"P(positive) {r['p_positive_before']:.1%} -> {r['p_positive_after']:.1%}, KL {r['kl_sft']:.3f}, "
+                  f"perplexity {r['perplexity_before']:.1f} -> {r['perplexity_after']:.1f}, "
+                  f"{r['cpu_min']:.2f} CPU-min ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+# --- analysis ----------------------------------------------------------------------------------------------
+
+
+def load_trials(folder: Path) -> pd.DataFrame:
+    files = sorted((Path(folder) / "trials").glob("*/*/seed*/rows.json"))
+    return pd.DataFrame([row for f in files for row in read_json(f)["rows"]])
+
+
+def summarise(trials: pd.DataFrame, prompt_set: str = "select") -> pd.DataFrame:
+    """One row per setting: mean gain with its 95% t-interval over seeds, drift, CPU-minutes, the score and
+    whether the setting is within the drift budget."""
+    rows = []
+    for setting, t in trials[trials.prompts == prompt_set].groupby("setting", sort=False):
+        mean, low, high, n = t_interval(t.gain)
+        ppl_ratio = (t.perplexity_after / t.perplexity_before).mean()
+        rows.append({"setting": setting, "seeds": n, "gain": mean, "gain_low": low, "gain_high": high,
+                     "p_positive_before": t.p_positive_before.mean(), "p_positive_after": t.p_positive_after.mean(),
+                     "kl_sft": t.kl_sft.mean(), "perplexity_ratio": ppl_ratio, "cpu_min": t.cpu_min.mean(),
+                     "gain_per_cpu_min": mean / t.cpu_min.mean(),
+                     "within_budget": bool(ppl_ratio <= PERPLEXITY_BUDGET and t.kl_sft.mean() <= KL_BUDGET),
+                     **{k: t[k].iloc[0] for k in ("steps", "lr", "lora_b_lr_ratio", "beta0", "batch", "minibatch",
+                                                  "epochs", "response_len")}})
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    return pd.DataFrame(rows).sort_values("setting", key=lambda c: c.map(order)).reset_index(drop=True)
+
+
+def choose(summary: pd.DataFrame) -> dict:
+    """The setting with the most gain per CPU-minute among those within the budget (with >= 3 seeds)."""
+    ok = summary[summary.within_budget & (summary.seeds >= 3)]
+    if ok.empty:
+        return {"winner": None, "why": "no setting with 3 seeds is within the drift budget"}
+    best = ok.loc[ok.gain_per_cpu_min.idxmax()]
+    return {"winner": best.setting, "gain_per_cpu_min": float(best.gain_per_cpu_min), "gain": float(best.gain),
+            "why": f"most held-out reward gain per CPU-minute ({best.gain_per_cpu_min:.3f}) of the "
+                   f"{len(ok)} settings within the drift budget (perplexity <= {PERPLEXITY_BUDGET}x the SFT "
+                   f"model's, KL to it <= {KL_BUDGET} nats/token)"}
+
+
+def confirmation(trials: pd.DataFrame, winner: str) -> dict:
+    """Winner against BASELINE on the fresh prompts and seeds: the paired difference in gain per seed."""
+    t = trials[trials.prompts == "confirm"].pivot(index="seed", columns="setting", values="gain")
+    if winner not in t or BASELINE not in t:
+        return {}
+    both = t[[winner, BASELINE]].dropna()
+    mean, low, high, n = t_interval(both[winner] - both[BASELINE])
+    w, b = (trials[(trials.prompts == "confirm") & (trials.setting == s)] for s in (winner, BASELINE))
+    return {"winner": winner, "seeds": n, "difference": mean, "low": low, "high": high,
+            "winner_gain": float(both[winner].mean()), "baseline_gain": float(both[BASELINE].mean()),
+            "winner_p_positive": [float(w.p_positive_before.mean()), float(w.p_positive_after.mean())],
+            "winner_kl_sft": float(w.kl_sft.mean()), "baseline_kl_sft": float(b.kl_sft.mean()),
+            "winner_perplexity_ratio": float((w.perplexity_after / w.perplexity_before).mean())}
+
+
+def figure(summary: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for _, r in summary.iterrows():
+        color = "#2ca02c" if r.within_budget else "#d62728"
+        for ax, x in ((a, r.cpu_min), (b, r.kl_sft)):
+            ax.errorbar(x, r.gain, yerr=[[r.gain - r.gain_low], [r.gain_high - r.gain]], fmt="o", color=color,
+                        capsize=3)
+            ax.annotate(r.setting, (x, r.gain), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    a.set(xlabel="CPU-minutes of training (mean over seeds)", ylabel="held-out reward gain (95% t over seeds)",
+          title="gain against compute")
+    b.axvline(KL_BUDGET, color="grey", linestyle="--", linewidth=1)
+    b.annotate(f"KL budget {KL_BUDGET}", (KL_BUDGET, b.get_ylim()[0]), fontsize=8, color="grey",
+               xytext=(3, 3), textcoords="offset points")
+    b.set(xlabel="exact KL per token to the SFT model after training", title="gain against drift")
+    for ax in (a, b):
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.grid(alpha=0.3)
+    steps = sorted(summary.steps.unique())
+    fig.suptitle(f"PPO settings on the selection prompts ({summary.seeds.min()}-{summary.seeds.max()} seeds, "
+                 f"{'/'.join(map(str, steps))} steps); green: within the drift budget (perplexity <= "
+                 f"{PERPLEXITY_BUDGET}x, KL <= {KL_BUDGET})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def analyse(folder: Path, command: str) -> dict:
+    from .artifacts import save_figure
+
+    trials = load_trials(folder)
+    write_csv(folder / "trials.csv", trials.sort_values(["prompts", "setting", "seed"]))
+    summary = summarise(trials)
+    write_csv(folder / "summary.csv", summary)
+    choice = choose(summary)
+    choice["confirmation"] = confirmation(trials, choice["winner"]) if choice["winner"] else {}
+    write_json(folder / "choice.json", choice)
+    save_figure(figure(summary), folder / "tuning.png")
+    manifest_file = folder / "manifest.json"
+    manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
+    manifest.update({"protocol": {"perplexity_budget": PERPLEXITY_BUDGET, "kl_budget": KL_BUDGET,
+                                  "select_seeds": list(SELECT_SEEDS), "confirm_seeds": list(CONFIRM_SEEDS),
+                                  "settings": SETTINGS, "before": BEFORE},
+                     "trials": len(trials), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    manifest["sessions"].append({"command": command, **where_it_ran()})
+    write_json(manifest_file, manifest)
+    return choice
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--out", default=None, help="the notebooks' output folder (01 adapter, 02 model)")
+    parser.add_argument("--folder", default=None, help="default: docs/tuning/<profile>/")
+    parser.add_argument("--stage", choices=("screen", "confirm", "report"), default="screen")
+    parser.add_argument("--settings", default=None, help="comma-separated names in SETTINGS (default: all; "
+                        "confirm: the winner and the baseline)")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    folder = tuning_dir(profile.name, args.folder)
+    command = "python -m helpers.tuning " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    if args.stage != "report":
+        pool = load_pool(profile, args.out)
+        if args.stage == "screen":
+            settings = args.settings.split(",") if args.settings else list(SETTINGS)
+            sweep(pool, folder, settings, SELECT_SEEDS, "select", args.steps)
+        else:
+            winner = read_json(folder / "choice.json")["winner"]
+            settings = args.settings.split(",") if args.settings else [BASELINE, winner]
+            sweep(pool, folder, settings, CONFIRM_SEEDS, "confirm", args.steps)
+    print(json.dumps(analyse(folder, command), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
