@@ -333,3 +333,35 @@ def test_one_step_by_hand_as_notebook_03_shows_it_equals_one_step_of_train(path,
         assert losses == pytest.approx(stats.tolist(), rel=1e-3, abs=1e-6)
         for mine, theirs in zip(by_hand, by_train):
             torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-6)
+
+
+def test_lora_b_and_the_value_head_get_their_own_learning_rates_and_ratio_1_is_trls_one_group(tiny, sft_outputs):
+    """TRL's one learning rate where both ratios are 1 (the optimizer TRL built); otherwise the B matrices
+    and the value head, and only they, step at their ratio x the learning rate."""
+    from helpers.ppo import param_groups, trainable_parameters
+
+    a = arm("merged+disabled", tiny, sft_outputs)
+    config = config_from_profile(tiny)
+    (one,) = param_groups(a.policy, a.value_head, config)
+    assert one["lr"] == config.learning_rate and len(one["params"]) == len(trainable_parameters(a.policy, a.value_head))
+    rest, b, head = param_groups(a.policy, a.value_head, dataclasses.replace(config, lora_b_lr_ratio=16.0,
+                                                                             value_lr_ratio=10.0))
+    names = {id(p): n for n, p in a.policy.named_parameters()}
+    assert (rest["lr"], b["lr"], head["lr"]) == (config.learning_rate, 16.0 * config.learning_rate,
+                                                 10.0 * config.learning_rate)
+    assert b["params"] and all("lora_B" in names[id(p)] for p in b["params"])
+    assert rest["params"] and all("lora_A" in names[id(p)] for p in rest["params"])
+    assert {id(p) for p in head["params"]} == {id(p) for p in a.value_head.parameters()}
+    assert len(rest["params"]) + len(b["params"]) + len(head["params"]) == len(one["params"])
+    a.policy.requires_grad_(False)
+    with pytest.raises(ValueError, match="LoRA B"):
+        param_groups(a.policy, a.value_head, dataclasses.replace(config, lora_b_lr_ratio=4.0))
+
+
+def test_lora_plus_moves_the_policy_further_in_one_step(tiny, sft_outputs, tokenizer, queries):
+    """From B = 0, a larger step for B alone moves the new LoRA further (the cold start it is for)."""
+    moved = {}
+    for ratio in (1.0, 16.0):
+        a, _ = run_arm("merged+disabled", tiny, sft_outputs, tokenizer, queries, steps=1, lora_b_lr_ratio=ratio)
+        moved[ratio] = sum(p.detach().abs().sum().item() for n, p in a.policy.named_parameters() if "lora_B" in n)
+    assert moved[16.0] > 4 * moved[1.0]

@@ -236,3 +236,47 @@ def test_the_power_check_compares_the_recipe_with_the_planned_z():
     assert "moved as planned" in power_check(results, design, planned(z - 0.01))
     assert "less than the power calculation planned" in power_check(results, design, planned(z + 0.01))
     assert f"z {z:.2f}" in power_check(results, design, manifest)
+
+
+def test_a_new_setting_is_a_new_study_version_and_the_committed_one_is_kept(tmp_path, monkeypatch):
+    """`study_dir` with no version renders the newest *complete* version; a study folder refuses a profile
+    whose PPO settings differ from its manifest's, naming the setting to change."""
+    import helpers.study as study
+
+    monkeypatch.setattr(study, "project_root", lambda: tmp_path)
+    root = tmp_path / "docs" / "study" / "smol"
+    smol = get_profile("smol")
+    manifest = {"runs": 2, "runs_done": 2, "missing": [], "design": {"ppo": study._jsonable_ppo(
+        config_from_profile(smol, adaptive_kl=False))}}
+    for folder in (root, root / "v2"):
+        folder.mkdir(parents=True)
+    study.write_json(root / "manifest.json", manifest)
+    study.write_json(root / "v2" / "manifest.json", {**manifest, "runs_done": 1, "missing": ["x"]})
+    assert study_dir("smol") == root  # v2 still running: v1 is what 05 renders
+    assert study_dir("smol", version="v2") == root / "v2" and study_dir("smol", version="v1") == root
+    study.write_json(root / "v2" / "manifest.json", manifest)
+    assert study_dir("smol") == root / "v2"
+    study.check_same_setting(smol, root)  # the same settings: resumes
+    with pytest.raises(ValueError, match=r"learning_rate: .* -> .*study_version"):
+        study.check_same_setting(replace(smol, ppo_lr=smol.ppo_lr * 2), root)
+
+
+def test_the_power_calculation_takes_the_tunings_spread_over_seeds(tmp_path):
+    """The pilot comes from the tuning's confirmation trials of exactly the study's setting, with the
+    spread over seeds measured; a setting the tuning did not confirm has no pilot there."""
+    from helpers.study import pilot_from_tuning
+
+    smol = get_profile("smol")
+    ppo = config_from_profile(smol, adaptive_kl=False)
+    cols = dict(prompts="confirm", lr=ppo.learning_rate, lora_b_lr_ratio=ppo.lora_b_lr_ratio, batch=ppo.batch_size,
+                minibatch=ppo.mini_batch_size, epochs=ppo.ppo_epochs, setting="x",
+                response_len=f"{ppo.response_len[0]}-{ppo.response_len[1]}")
+    rows = [{**cols, "seed": s, "step": k, "gain": g * k / 20, "gain_se": 0.05}
+            for s, g in enumerate((0.4, 0.6, 0.8)) for k in (10, 20)]
+    pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
+    pilot = pilot_from_tuning(tmp_path, ppo, prompts=64)
+    assert pilot["steps"] == 20 and pilot["gain"] == pytest.approx(0.6) and pilot["seed_sd"] == pytest.approx(0.2)
+    assert pilot_from_tuning(tmp_path, replace(ppo, learning_rate=1e-5), prompts=64) is None
+    noisy = power_steps(smol, pilot, 6, ppo)
+    quiet = power_steps(smol, {**pilot, "seed_sd": 0.05}, 6, ppo)
+    assert noisy["seed_sd"] > quiet["seed_sd"] and noisy["steps"] > quiet["steps"]

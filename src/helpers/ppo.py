@@ -32,7 +32,10 @@ losses, KL controllers), except for these deliberate differences:
     update here, and a non-finite loss stops the run with `NonFiniteError` instead;
   - `approx_kl` (reported, never optimised) is the k3 estimator (ratio - 1) - log ratio, not TRL's
     0.5 * (log ratio)^2;
-  - the KL to the reference is also reported exactly, over the whole vocabulary (`kl_ref_exact`).
+  - the KL to the reference is also reported exactly, over the whole vocabulary (`kl_ref_exact`);
+  - two optional learning-rate multipliers, both 1 (TRL's one learning rate) unless a profile sets them:
+    `lora_b_lr_ratio` for the LoRA B matrices (as LoRA+ does) and `value_lr_ratio` for the value head
+    (`param_groups`; the tuning study in docs/tuning/<profile>/ measured what each buys).
 
 Measurement kept apart from the algorithm: an `evaluator` (fixed held-out prompts, and KL to any
 yardstick models, see helpers.evaluation) runs between steps, timed out of `step_time_s`.
@@ -83,6 +86,11 @@ class PPOConfig:
     # so its A gets no gradient until B has moved; a larger step for B shortens that cold start
     # (docs/tuning/<profile>/ measures what it buys). It applies to whichever adapter trains, in every arm.
     lora_b_lr_ratio: float = 1.0
+    # An addition too (1.0 = TRL's): the value head learns this many times faster. It starts as noise while
+    # the reward of query + response varies mostly with the query; until the critic has learned that, the
+    # advantages are mostly the query's sentiment, not the response's merit. Adam scales each parameter's step
+    # by its own gradient, so vf_coef cannot speed up the head (only its learning rate can).
+    value_lr_ratio: float = 1.0
     seed: int = 0
 
 
@@ -301,18 +309,22 @@ def trainable_parameters(policy, value_head) -> list[torch.nn.Parameter]:
     return [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
 
 
+# the additions to TRL 0.11's PPO, each 1.0 (TRL's one learning rate) unless a profile sets it
+LR_RATIOS = ("lora_b_lr_ratio", "value_lr_ratio")
+
+
 def param_groups(policy, value_head, cfg: PPOConfig) -> list[dict]:
-    """Adam's parameter groups: one at `learning_rate` (TRL's), or, with `lora_b_lr_ratio` != 1, the LoRA B
-    matrices in a second group at `learning_rate * lora_b_lr_ratio`."""
-    if cfg.lora_b_lr_ratio == 1:
+    """Adam's parameter groups: one at `learning_rate` (TRL's), or, where `lora_b_lr_ratio` or `value_lr_ratio`
+    is not 1, the LoRA B matrices and the value head in groups of their own at that multiple of it."""
+    if cfg.lora_b_lr_ratio == 1 and cfg.value_lr_ratio == 1:
         return [{"params": trainable_parameters(policy, value_head), "lr": cfg.learning_rate}]
     named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
     lora_b = [p for n, p in named if "lora_B" in n]
-    if not lora_b:
+    if cfg.lora_b_lr_ratio != 1 and not lora_b:
         raise ValueError("lora_b_lr_ratio != 1 needs trainable LoRA B matrices; the policy has none")
-    rest = [p for n, p in named if "lora_B" not in n] + list(value_head.parameters())
-    return [{"params": rest, "lr": cfg.learning_rate},
-            {"params": lora_b, "lr": cfg.learning_rate * cfg.lora_b_lr_ratio}]
+    groups = [([p for n, p in named if "lora_B" not in n], 1.0), (lora_b, cfg.lora_b_lr_ratio),
+              (list(value_head.parameters()), cfg.value_lr_ratio)]
+    return [{"params": params, "lr": cfg.learning_rate * ratio} for params, ratio in groups if params]
 
 
 def peak_memory() -> dict:
@@ -497,5 +509,6 @@ def config_from_profile(profile, **overrides) -> PPOConfig:
     config = PPOConfig(steps=profile.ppo_steps, batch_size=profile.ppo_batch_size,
                        mini_batch_size=profile.ppo_mini_batch_size, ppo_epochs=profile.ppo_epochs,
                        learning_rate=profile.ppo_lr, response_len=tuple(profile.response_len),
-                       init_kl_coef=profile.ppo_init_kl_coef, lora_b_lr_ratio=profile.ppo_lora_b_lr_ratio)
+                       init_kl_coef=profile.ppo_init_kl_coef, lora_b_lr_ratio=profile.ppo_lora_b_lr_ratio,
+                       value_lr_ratio=profile.ppo_value_lr_ratio)
     return PPOConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})

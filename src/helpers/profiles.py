@@ -47,8 +47,12 @@ class Profile:
     ppo_epochs: int = 4  # passes over each batch (the original example's 4)
     ppo_lr: float = 1.41e-5
     ppo_lora_b_lr_ratio: float = 1.0  # LoRA B's learning rate over ppo_lr (helpers.ppo.PPOConfig); 1: TRL's
+    ppo_value_lr_ratio: float = 1.0  # the value head's learning rate over ppo_lr; 1: TRL's
     ppo_init_kl_coef: float = 0.2  # β at step 0 (03's adaptive controller starts here; the original's 0.2)
     response_len: tuple[int, int] = (4, 16)  # inclusive range a response length is drawn from
+    # notebook 03 on a CUDA GPU (Profile.for_device): a longer schedule where steps are cheap (None: the same)
+    cuda_ppo_steps: int | None = None
+    cuda_eval_every: int | None = None
     eval_prompts: int = 32  # fixed held-out prompts of the evaluation during PPO (helpers.evaluation)
     eval_every: int = 5  # evaluate before the first update and after every eval_every updates
     eval_samples: int = 1  # responses per prompt at each evaluation (their mean is the prompt's reward)
@@ -85,11 +89,22 @@ class Profile:
     # from the first stage's measured spread (None: no second stage); never more than study_max_seeds in all
     study_topup_power: float | None = 0.8
     study_max_seeds: int = 30
+    # a study folder holds one setting: a profile whose PPO settings change gets a new version, committed in
+    # docs/study/<profile>/<version>/ beside the old one ("v1": docs/study/<profile>/ itself; helpers.study)
+    study_version: str = "v1"
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
             raise ProfileError(f"Profile {self.name!r}: unknown dtype {self.dtype!r}; valid: float32, bfloat16, "
                                f"float16 (CUDA only), auto")
+
+    def for_device(self) -> "Profile":
+        """On a machine with a CUDA GPU, the profile with its CUDA schedule for notebook 03 (if it has one)."""
+        import torch
+
+        if self.cuda_ppo_steps is None or not torch.cuda.is_available():
+            return self
+        return replace(self, ppo_steps=self.cuda_ppo_steps, eval_every=self.cuda_eval_every or self.eval_every)
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed, e.g. `profile.with_overrides(model="/path/to/tiny-neox")`."""
@@ -152,15 +167,28 @@ PROFILES: dict[str, Profile] = {
             # with 2 epochs does the same update compute as 8 x 4 epochs, with twice the rollouts and half the
             # reuse (03's paired held-out gain after 20 steps was clearer at 16 x 2 epochs, lr 7e-4, than at
             # 8 x 4 epochs, lr 5e-4, on one 2026-11 run each).
-            ppo_steps=20,
+            # The PPO setting is the tuning study's winner (docs/tuning/smol/, `python -m helpers.tuning`): β
+            # starts at 0.05 instead of 0.2 and the value head learns 10x faster than the LoRA. Faster policy
+            # steps (lr x2, LoRA+) only drifted; a smaller penalty and a critic that learns the query's part
+            # of the reward sooner left the advantages more of the response's signal.
+            ppo_steps=40,  # 03 in about 5 minutes on 2 cores (40 steps of ~5 s, three evaluations)
             ppo_batch_size=16,
             ppo_mini_batch_size=8,
             ppo_epochs=2,
             ppo_lr=7e-4,
+            ppo_init_kl_coef=0.05,
+            ppo_value_lr_ratio=10.0,
             response_len=(4, 16),
             eval_prompts=64,
             eval_samples=2,  # two responses per prompt: the per-prompt reward's sampling noise halves in variance
-            eval_every=10,  # 03: held-out evaluations at steps 0, 10 and 20 (each costs more than two steps)
+            eval_every=20,  # 03: held-out evaluations at steps 0, 20 and 40 (each costs about two steps)
+            # On a GPU, 03 runs 600 steps. An ESTIMATE, not measured (no GPU was available to the session that
+            # set it): a step (batch 16, fp32) is ~0.85 TFLOP of forward and backward work plus 16 decode steps
+            # that each read the 0.54 GB of weights, so a T4 (8.1 TFLOP/s fp32, 320 GB/s) needs >= 0.13 s at
+            # its roofline; small kernels and Python bring that to a guess of 0.5-1.2 s, i.e. 5-12 minutes for
+            # 600 steps plus 11 evaluations: about 15 minutes at the slow end of the guess.
+            cuda_ppo_steps=600,
+            cuda_eval_every=60,
             # 04, in the tutorial's 25 minutes: 4 claim arms x 3 paired seeds x 4 steps, the side arms on seed 0
             # for as many steps (every arm compared at the same step), the penalty alone 2 arms x 3 seeds x 4
             # steps. Reward on: batch 8 in minibatches of 4 over 2 epochs, the same 4 optimizer updates per step
@@ -179,6 +207,10 @@ PROFILES: dict[str, Profile] = {
             # the second stage's rule asked for 26 recipe seeds (2026-12-03); the session's compute budget
             # allowed 20 (expected z 3.4 at the first stage's effect and spread, not 3.9)
             study_max_seeds=20,
+            # v1 (docs/study/smol/) ran the PPO setting before the tuning; the tuned one is a new version, run
+            # into docs/study/smol/v2/ (the committed v1 stays as it is until v2 is complete)
+            study_version="v2",
+            study_target_z=5.0,
         ),
         Profile(
             name="gpt-neo-125m",

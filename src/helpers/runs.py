@@ -36,7 +36,7 @@ from .artifacts import atomic_dir, read_json, require, stage_dir, write_csv, wri
 from .evaluation import Evaluator
 from .machine import cpu_model, release_free_memory
 from .models import compute_dtype, model_bytes
-from .ppo import PPOConfig, train, trainable_parameters
+from .ppo import LR_RATIOS, PPOConfig, train, trainable_parameters
 from .profiles import Profile
 
 RUN_FILES = ("metrics.csv", "evaluation.csv", "samples.csv", "summary.json", "fingerprint.json")
@@ -86,8 +86,9 @@ class Run:
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        if d["ppo"]["lora_b_lr_ratio"] == 1:  # absent at TRL's one learning rate, as before the setting existed:
-            del d["ppo"]["lora_b_lr_ratio"]  # runs made before it keep their fingerprints
+        for ratio in LR_RATIOS:  # absent at TRL's one learning rate, as before these settings existed: runs
+            if d["ppo"][ratio] == 1:  # made before them keep their fingerprints
+                del d["ppo"][ratio]
         return d
 
 

@@ -47,7 +47,7 @@ import pandas as pd
 from .arms import Sources, profile_quantization
 from .artifacts import project_root, read_json, require, stage_dir, write_csv, write_json
 from .evaluation import Evaluator, t_interval
-from .ppo import PPOConfig, config_from_profile
+from .ppo import LR_RATIOS, PPOConfig, config_from_profile
 from .profiles import Profile, get_profile
 from .reference import FrozenModel
 from .runs import Inputs, Results, Run, check_count, content_hash, load_results, run_all, where_it_ran
@@ -60,11 +60,28 @@ AT_MIDDLE = (RECIPE, "base+disabled")  # the recipe, and RL straight from the ba
 SIDE = ("stacked",)  # equals merged+disabled up to float rounding: the first `study_side_seeds` seeds
 
 
-def study_dir(profile_name: str, folder: str | Path | None = None) -> Path:
-    """Where a profile's study lives: `docs/study/<profile>/` in the project (committed), unless given."""
+def study_dir(profile_name: str, folder: str | Path | None = None, version: str | None = None) -> Path:
+    """Where a profile's study lives in the project (committed), unless `folder` is given. Each setting of the
+    study is a version (Profile.study_version): "v1" in `docs/study/<profile>/` itself (where it was committed
+    before versions existed), a later one in `docs/study/<profile>/<version>/`, so that a new setting never
+    replaces a committed study. `version=None`: the newest *complete* version, what notebook 05 and the
+    README render (a version still running does not replace the one before it)."""
     if folder is not None:
         return Path(folder)
-    return (project_root() or Path.cwd()) / "docs" / "study" / profile_name
+    root = (project_root() or Path.cwd()) / "docs" / "study" / profile_name
+    if version is not None:
+        return root if version == "v1" else root / version
+    later = sorted((d for d in root.glob("v*") if d.name[1:].isdigit()), key=lambda d: int(d.name[1:]), reverse=True)
+    return next((d for d in later if study_complete(d)), root)
+
+
+def study_complete(folder: Path) -> bool:
+    """Every run of the study's design has landed (its manifest says so)."""
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.exists():
+        return False
+    m = read_json(manifest)
+    return m.get("runs_done", 0) >= m.get("runs", 1) and not m.get("missing")
 
 
 # --- sizing: β from a calibration, steps from a power calculation ------------------------------------------
@@ -110,6 +127,29 @@ def pilot_from_notebook(path: str | Path) -> dict:
     return {"source": str(Path(path).name), **{k: values[k] for k in ("gain", "se", "prompts")}, **settings}
 
 
+def pilot_from_tuning(folder: str | Path, ppo: PPOConfig, prompts: int) -> dict | None:
+    """The tuning study's confirmation trials (`docs/tuning/<profile>/trials.csv`) of exactly the setting `ppo`
+    is, at their last evaluation: the paired held-out gain, its standard error over `prompts` prompts, and its
+    spread over seeds, measured. None where the tuning has no such trials on 3 seeds or more."""
+    file = Path(folder) / "trials.csv"
+    if not file.exists():
+        return None
+    t = pd.read_csv(file)
+    t = t[(t.prompts == "confirm") & np.isclose(t.lr, ppo.learning_rate)
+          & np.isclose(t.lora_b_lr_ratio, ppo.lora_b_lr_ratio) & (t.batch == ppo.batch_size)
+          & (t.minibatch == ppo.mini_batch_size) & (t.epochs == ppo.ppo_epochs)
+          & (t.response_len == f"{ppo.response_len[0]}-{ppo.response_len[1]}")]
+    if t.empty:
+        return None
+    t = t[t.step == t.step.max()]
+    if t.seed.nunique() < 3:
+        return None
+    return {"source": f"{Path(folder).name}/trials.csv (the tuning's confirmation, setting {t.setting.iloc[0]!r})",
+            "gain": float(t.gain.mean()), "se": float(t.gain_se.mean()), "prompts": prompts,
+            "steps": int(t.step.iloc[0]), "batch_size": ppo.batch_size, "mini_batch_size": ppo.mini_batch_size,
+            "ppo_epochs": ppo.ppo_epochs, "seeds": int(t.seed.nunique()), "seed_sd": float(t.gain.std(ddof=1))}
+
+
 def updates_per_step(batch_size: int, mini_batch_size: int, ppo_epochs: int) -> int:
     return math.ceil(batch_size / mini_batch_size) * ppo_epochs
 
@@ -126,7 +166,10 @@ def power_steps(profile: Profile, pilot: dict, seeds: int, ppo: PPOConfig) -> di
     prompt_sd = pilot["se"] * math.sqrt(pilot["prompts"])  # per-prompt sd of the paired difference
     run_sd = prompt_sd * math.sqrt(profile.eval_samples / profile.study_eval_samples) / math.sqrt(
         profile.study_eval_prompts)
-    seed_sd = math.sqrt(2) * run_sd
+    if "seed_sd" in pilot:  # measured over seeds (the tuning): its training part, plus the study's evaluation noise
+        seed_sd = math.sqrt(max(pilot["seed_sd"] ** 2 - pilot["se"] ** 2, 0.0) + run_sd ** 2)
+    else:  # one run (notebook 03): seeds assumed to differ in training as much again as in evaluation
+        seed_sd = math.sqrt(2) * run_sd
     steps = math.ceil(profile.study_target_z * seed_sd / (gain_per_step * math.sqrt(seeds)))
     every = max(1, math.ceil(steps / (profile.study_eval_points - 1)))
     steps = every * (profile.study_eval_points - 1)  # evaluations at 0, every, 2·every, ... = steps
@@ -273,7 +316,10 @@ def study_inputs(profile: Profile, folder: Path, out=None) -> Inputs:
 
     adapter = folder / "inputs" / "sft_adapter"
     if not adapter.exists():
-        made = require(stage_dir(out, profile.name, "01_sft") / "adapter", "01_sft", profile.name)
+        # a later version of the study keeps the first version's SFT model (the same SFT adapter), else 01's
+        first = study_dir(profile.name, version="v1") / "inputs" / "sft_adapter"
+        made = first if first.exists() and first != adapter else require(
+            stage_dir(out, profile.name, "01_sft") / "adapter", "01_sft", profile.name)
         tmp = adapter.parent / ".sft_adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(made, tmp)
@@ -318,8 +364,10 @@ def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader) ->
         power = {"steps": profile.study_steps, "fixed_by": "Profile.study_steps"}
     elif sized.exists():
         power = read_json(sized)
-    else:
-        pilot = pilot_from_notebook((project_root() or Path.cwd()) / "docs" / "notebooks" / "03_ppo_lora.ipynb")
+    else:  # the tuning study's measured spread over seeds where it ran this setting, else notebook 03's run
+        root = project_root() or Path.cwd()
+        pilot = (pilot_from_tuning(root / "docs" / "tuning" / profile.name, ppo, profile.eval_prompts)
+                 or pilot_from_notebook(root / "docs" / "notebooks" / "03_ppo_lora.ipynb"))
         power = power_steps(profile, pilot, len(seeds), ppo)
         write_json(sized, power)
     steps = power["steps"]
@@ -346,7 +394,8 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     `workers` > 1: that many Ray workers on this machine (or $RAY_ADDRESS's cluster), see helpers.workers."""
     from .arms import yardsticks
 
-    folder = study_dir(profile.name, folder)
+    folder = study_dir(profile.name, folder, version=profile.study_version)
+    check_same_setting(profile, folder)
     folder.mkdir(parents=True, exist_ok=True)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     inputs = study_inputs(profile, folder, out)
@@ -384,10 +433,31 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     return results
 
 
+def check_same_setting(profile: Profile, folder: Path) -> None:
+    """A study folder holds one PPO setting: a profile whose settings differ from the committed manifest's
+    is refused (with what differs), instead of replacing its runs one by one."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return
+    committed = {k: v for k, v in read_json(manifest)["design"]["ppo"].items() if k != "steps"}
+    current = {k: v for k, v in _jsonable_ppo(config_from_profile(profile, adaptive_kl=False)).items() if k != "steps"}
+    changed = {k: (committed.get(k), current.get(k)) for k in set(committed) | set(current)
+               if json.dumps(committed.get(k)) != json.dumps(current.get(k))}
+    if changed:
+        raise ValueError(f"The study in {folder} was made with other PPO settings ("
+                         + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items()))
+                         + f"). A new setting is a new version: set Profile.study_version of {profile.name!r} to a "
+                         f"new name (now {profile.study_version!r}); the committed study stays as it is.")
+
+
+def _jsonable_ppo(ppo: PPOConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ppo).items()
+            if k not in ("seed", "init_kl_coef", "adaptive_kl") and not (k in LR_RATIOS and v == 1)}
+
+
 def _jsonable(design: Design) -> dict:
     d = asdict(design)
-    d["ppo"] = {k: v for k, v in d["ppo"].items() if k not in ("seed", "init_kl_coef", "adaptive_kl")
-                and not (k == "lora_b_lr_ratio" and v == 1)}  # as Run.fingerprint: absent at TRL's 1
+    d["ppo"] = _jsonable_ppo(design.ppo)  # the LR_RATIOS absent at TRL's 1, as in Run.fingerprint
     d["middle_beta"] = design.middle
     return d
 
@@ -501,7 +571,8 @@ def readme_block(folder: str | Path) -> str:
     table = findings(results, study_claims(design))
     answers = thread_answers(table, design)
     when = manifest["sessions"][-1]["started"][:10] if manifest.get("sessions") else "?"
-    lines = [f"From the committed study in `docs/study/{manifest['profile']}/` (`{manifest['command']}`; "
+    where = Path(folder).resolve().relative_to(project_root()) if project_root() else Path(folder)
+    lines = [f"From the committed study in `{where.as_posix()}/` (`{manifest['command']}`; "
              f"{manifest['runs_done']} of {manifest['runs']} runs done, last session {when}, machines: "
              f"{', '.join(manifest['machines'])}); rendered by "
              f"[notebook 05](docs/notebooks/05_study.ipynb). Effects are 95% intervals over paired seeds.", "",
