@@ -171,7 +171,10 @@ PROFILES: dict[str, Profile] = {
             # starts at 0.05 instead of 0.2 and the value head learns 10x faster than the LoRA. Faster policy
             # steps (lr x2, LoRA+) only drifted; a smaller penalty and a critic that learns the query's part
             # of the reward sooner left the advantages more of the response's signal.
-            ppo_steps=40,  # 03 in about 5 minutes on 2 cores (40 steps of ~5 s, three evaluations)
+            # 20 steps, the tuning's horizon. At 40 (tried in a full notebook 03 run, 2026-12-05) the policy hacked
+            # the reward: P(positive) 95% by writing "Excellent! Excellent! ...", KL 2.19 nats/token, perplexity
+            # 520, distinct word bigrams 0.965 -> 0.594
+            ppo_steps=20,
             ppo_batch_size=16,
             ppo_mini_batch_size=8,
             ppo_epochs=2,
@@ -181,7 +184,7 @@ PROFILES: dict[str, Profile] = {
             response_len=(4, 16),
             eval_prompts=64,
             eval_samples=2,  # two responses per prompt: the per-prompt reward's sampling noise halves in variance
-            eval_every=20,  # 03: held-out evaluations at steps 0, 20 and 40 (each costs about two steps)
+            eval_every=10,  # 03: held-out evaluations at steps 0, 10 and 20 (each costs about two steps)
             # On a GPU, 03 runs 600 steps. An ESTIMATE, not measured (no GPU was available to the session that
             # set it): a step (batch 16, fp32) is ~0.85 TFLOP of forward and backward work plus 16 decode steps
             # that each read the 0.54 GB of weights, so a T4 (8.1 TFLOP/s fp32, 320 GB/s) needs >= 0.13 s at
