@@ -36,7 +36,7 @@ import torch
 
 from .artifacts import atomic_dir, project_root, read_json, require, stage_dir, write_csv, write_json
 from .data import load_imdb, perplexity_reviews, ppo_queries
-from .evaluation import Evaluator, t_interval
+from .evaluation import Evaluator, paired_gain, t_interval
 from .models import load_model, load_tokenizer, new_lora
 from .ppo import ValueHead, config_from_profile, train
 from .profiles import Profile, get_profile
@@ -126,16 +126,15 @@ def run_trial(pool: Pool, setting: str, seed: int, prompt_set: str, steps: int, 
                           perplexity_texts=pool.perplexity_texts, perplexity_seq_len=profile.sft_seq_len)
     metrics = train(policy, value_head, reference, pool.tokenizer, queries, pool.reward, config, evaluator, progress=False)
     samples, ev = evaluator.samples(), evaluator.table().set_index("step")
-    per_prompt = samples.groupby(["step", "prompt"]).reward.mean().unstack("step")
     p_pos = samples.assign(p=1 / (1 + np.exp(-samples.reward))).groupby("step").p.mean()
     rows = []
     for step in ev.index[1:]:
-        diff = per_prompt[step] - per_prompt[0]
+        gain = paired_gain(samples, before=0, after=step)
         train_s = float(metrics.step_time_s.iloc[:step].sum())
         rows.append({"setting": setting, "seed": seed, "prompts": prompt_set, "step": int(step),
                      "episodes": int(step) * config.batch_size,
                      "updates": int(step) * math.ceil(config.batch_size / config.mini_batch_size) * config.ppo_epochs,
-                     "gain": float(diff.mean()), "gain_se": float(diff.std(ddof=1) / math.sqrt(len(diff))),
+                     "gain": float(gain["gain"]), "gain_se": float(gain["se"]),
                      "p_positive_before": float(p_pos[0]), "p_positive_after": float(p_pos[step]),
                      "kl_sft": float(ev.kl_ref_exact[step]), "perplexity_before": float(ev.perplexity[0]),
                      "perplexity_after": float(ev.perplexity[step]), "train_s": train_s,
@@ -263,8 +262,7 @@ def side_by_side(folder: Path, winner: str, seed: int = CONFIRM_SEEDS[0], n: int
 
 def repetition(folder: Path, setting: str, prompt_set: str = "confirm") -> dict:
     """distinct-2 of the held-out responses at step 0 and at the last step, pooled over the seeds that ran."""
-    files = sorted((Path(folder) / "trials" / prompt_set / trial_dir(Path(folder), prompt_set, setting, 0).parent.name)
-                   .glob("seed*/samples.csv"))
+    files = sorted(trial_dir(Path(folder), prompt_set, setting, 0).parent.glob("seed*/samples.csv"))
     s = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     return {"distinct_2_before": distinct_2(s[s.step == 0].response),
             "distinct_2_after": distinct_2(s[s.step == s.step.max()].response)}
