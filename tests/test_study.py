@@ -268,11 +268,15 @@ def test_the_power_calculation_takes_the_tunings_spread_over_seeds(tmp_path):
 
     smol = get_profile("smol")
     ppo = config_from_profile(smol, adaptive_kl=False)
-    cols = dict(prompts="confirm", lr=ppo.learning_rate, lora_b_lr_ratio=ppo.lora_b_lr_ratio, batch=ppo.batch_size,
+    cols = dict(prompts="confirm", lr=ppo.learning_rate, lora_b_lr_ratio=ppo.lora_b_lr_ratio,
+                value_lr_ratio=ppo.value_lr_ratio, beta0=ppo.init_kl_coef, batch=ppo.batch_size,
                 minibatch=ppo.mini_batch_size, epochs=ppo.ppo_epochs, setting="x",
                 response_len=f"{ppo.response_len[0]}-{ppo.response_len[1]}")
     rows = [{**cols, "seed": s, "step": k, "gain": g * k / 20, "gain_se": 0.05}
             for s, g in enumerate((0.4, 0.6, 0.8)) for k in (10, 20)]
+    # the setting before it, at the same learning rate and batch: another setting, not this one's pilot
+    rows += [{**cols, "setting": "before", "value_lr_ratio": 1.0, "beta0": 0.2, "seed": s, "step": 20, "gain": -1.0,
+              "gain_se": 0.05} for s in range(3)]
     pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
     pilot = pilot_from_tuning(tmp_path, ppo, prompts=64)
     assert pilot["steps"] == 20 and pilot["gain"] == pytest.approx(0.6) and pilot["seed_sd"] == pytest.approx(0.2)

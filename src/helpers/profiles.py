@@ -214,6 +214,11 @@ PROFILES: dict[str, Profile] = {
             # into docs/study/smol/v2/ (the committed v1 stays as it is until v2 is complete)
             study_version="v2",
             study_target_z=5.0,
+            # v2's β grid, a decade lower than v1's (0.03, 0.3, 3): v1's middle β 0.3 held the recipe to +0.087 in
+            # 15 steps, and the frameworks of 2026 run GRPO at β 0 to 0.04. With v1's calibration (reward sd
+            # 1.44, KL(SFT||base) 4.8 nats per response) this gives β 0.003, 0.03, 0.3: the middle one is where
+            # the frameworks sit, the top one is v1's middle (the pitfall's pull was clear there)
+            study_beta_ratios=(0.01, 0.1, 1.0),
         ),
         Profile(
             name="gpt-neo-125m",

@@ -136,7 +136,8 @@ def pilot_from_tuning(folder: str | Path, ppo: PPOConfig, prompts: int) -> dict 
         return None
     t = pd.read_csv(file)
     t = t[(t.prompts == "confirm") & np.isclose(t.lr, ppo.learning_rate)
-          & np.isclose(t.lora_b_lr_ratio, ppo.lora_b_lr_ratio) & (t.batch == ppo.batch_size)
+          & np.isclose(t.lora_b_lr_ratio, ppo.lora_b_lr_ratio) & np.isclose(t.value_lr_ratio, ppo.value_lr_ratio)
+          & np.isclose(t.beta0, ppo.init_kl_coef) & (t.batch == ppo.batch_size)
           & (t.minibatch == ppo.mini_batch_size) & (t.epochs == ppo.ppo_epochs)
           & (t.response_len == f"{ppo.response_len[0]}-{ppo.response_len[1]}")]
     if t.empty:
