@@ -58,7 +58,7 @@ test: install
 study: install
 	test -d docs/study/$(PROFILE)/inputs/sft_adapter || test -d $(OUTPUT_DIR)/$(PROFILE)/01_sft/adapter || \
 		$(MAKE) tutorial NOTEBOOKS=01_sft_lora
-	PROFILE=$(PROFILE) $(PY) -m helpers.study --profile $(PROFILE) --out $(OUTPUT_DIR) --workers $(WORKERS)
+	PROFILE=$(PROFILE) $(PY) -m helpers.harness.study --profile $(PROFILE) --out $(OUTPUT_DIR) --workers $(WORKERS)
 
 # jupyter refuses to run as root without --allow-root (containers, CI)
 lab: install
@@ -67,7 +67,7 @@ lab: install
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 publish: install
-	$(PY) -m helpers.publish $(OUTPUT_DIR)/$(PROFILE)/notebooks docs/notebooks README.md
+	$(PY) -m helpers.harness.publish $(OUTPUT_DIR)/$(PROFILE)/notebooks docs/notebooks README.md
 
 test-latest:
 	$(MAKE) install VENV=$(LATEST_VENV)

@@ -27,9 +27,21 @@ from helpers.artifacts import output_dir, require, stage_dir
 from helpers.data import load_imdb, ppo_queries
 from helpers.machine import signature
 from helpers.models import load_model, load_tokenizer, new_lora
-from helpers.ppo import (ValueHead, config_from_profile, gae, gather_logprobs, kl_exact, log_softmax,
-                         per_token_rewards, policy_forward, ppo_epochs, rollout, step_batch, trainable_parameters,
-                         whiten)
+from helpers.ppo import (
+    ValueHead,
+    config_from_profile,
+    gae,
+    gather_logprobs,
+    kl_exact,
+    log_softmax,
+    per_token_rewards,
+    policy_forward,
+    ppo_epochs,
+    rollout,
+    step_batch,
+    trainable_parameters,
+)
+from helpers.ppo_math import whiten
 from helpers.reference import DisabledAdapters
 
 # decided before measuring: bf16 noise must be small against what one PPO step moves (the exact KL to the

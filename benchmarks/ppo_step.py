@@ -246,7 +246,7 @@ def bench(profile_name: str, dtype_name: str, steps: int, repeats: int, **overri
     import helpers  # noqa: F401
     from helpers.machine import signature
     from helpers.models import model_bytes
-    from helpers.ppo import gather_logprobs, log_softmax, policy_forward, rollout, trainable_parameters, train
+    from helpers.ppo import gather_logprobs, log_softmax, policy_forward, rollout, train, trainable_parameters
 
     stage("after import: the helpers")
     run = setup(profile_name, dtype_name, steps, stage, **overrides)

@@ -24,12 +24,13 @@ import torch
 
 import helpers  # noqa: F401
 from helpers import get_profile
-from helpers.compare import plan_from_profile
 from helpers.data import load_imdb, perplexity_reviews, ppo_queries
+from helpers.harness.compare import plan_from_profile
+from helpers.harness.run import inputs_from_outputs
+from helpers.harness.schedule import run_all
+from helpers.harness.workers import cores
 from helpers.models import load_tokenizer
 from helpers.rewards import load_reward
-from helpers.runs import inputs_from_outputs, run_all
-from helpers.workers import cores
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ import torch
 
 import helpers  # noqa: F401  (quiets the libraries)
 from helpers import get_profile
-from helpers.models import build_tiny_model, load_model, load_tokenizer
+from helpers.checkpoints import build_tiny_model
+from helpers.models import load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_sft_lora", "02_merge_adapter", "03_ppo_lora", "04_reference_model_comparison", "05_study"]

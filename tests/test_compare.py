@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from helpers.artifacts import stage_dir
-from helpers.compare import (ARMS, Results, build_arm, comparison_configs, findings, plan_from_profile, run_comparison,
-                             seed_queries, verdict, yardsticks)
-from helpers.runs import Run, inputs_from_outputs
 from helpers.data import load_imdb, ppo_queries
+from helpers.harness.arms import ARMS, build_arm, yardsticks
+from helpers.harness.compare import comparison_configs, plan_from_profile, run_comparison
+from helpers.harness.results import Results
+from helpers.harness.run import Run, inputs_from_outputs, seed_queries
+from helpers.harness.verdicts import findings, verdict
 from helpers.models import is_quantized, load_tokenizer
 from helpers.ppo import config_from_profile
 from helpers.rewards import vader_reward
@@ -46,7 +48,8 @@ def test_one_seed_is_never_enough_for_an_interval():
 
 def test_seeds_to_settle_grow_with_the_spread():
     """From the measured mean and spread: a noisier effect needs more seeds, and the estimate settles it."""
-    from helpers.compare import seeds_needed, t_interval
+    from helpers.evaluation import t_interval
+    from helpers.harness.verdicts import seeds_needed
 
     small, large = verdict([0.2, -0.1, 0.3], ">0"), verdict([0.2, -0.5, 0.6], ">0")
     n_small, n_large = (int(r["to_settle"].split("≈ ")[1].split()[0].rstrip("+")) for r in (small, large))
@@ -273,7 +276,7 @@ def test_each_study_runs_its_own_ppo_settings():
     assert main.learning_rate == penalty.learning_rate == ppo.learning_rate
     # every run of a study carries its study's settings; the side arms run as many steps as the claim arms
     for run in plan.runs():
-        assert (run.ppo.batch_size, run.ppo.steps) == ((8, plan.steps) if run.study == "main" else (16, 4))
+        assert (run.config.batch_size, run.config.steps) == ((8, plan.steps) if run.study == "main" else (16, 4))
         assert run.reward == ("off" if run.study == "penalty" else smol.reward)
 
 
@@ -326,13 +329,13 @@ def test_plan_values_are_checked_when_the_plan_is_built(tiny, bad, message):
 
 def test_a_run_is_a_frozen_value(tiny):
     run = plan_from_profile(tiny, seed=3, seeds=1).runs()[0]
-    assert run.ppo.seed == run.seed == 3 and run.label == "main/merged+disabled/seed3"
+    assert run.config.seed == run.seed == 3 and run.label == "main/merged+disabled/seed3"
     with pytest.raises(Exception):
         run.seed = 4
-    fixed = Run("fixed-beta", "stacked", 1, replace(run.ppo, adaptive_kl=False, init_kl_coef=0.3), "vader", 2)
-    assert fixed.beta == 0.3 and fixed.label == "fixed-beta/stacked/beta0.3/seed1" and fixed.ppo.seed == 1
+    fixed = Run("fixed-beta", "stacked", 1, replace(run.config, adaptive_kl=False, init_kl_coef=0.3), "vader", 2)
+    assert fixed.beta == 0.3 and fixed.label == "fixed-beta/stacked/beta0.3/seed1" and fixed.config.seed == 1
     with pytest.raises(ValueError, match="valid arms: merged\\+disabled"):
-        Run("main", "magic", 0, run.ppo, "vader", 1)
+        Run("main", "magic", 0, run.config, "vader", 1)
 
 
 def test_plan_pairs_seeds(tiny):
@@ -367,7 +370,7 @@ def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectu
     assert all(is_quantized(y.model) for y in yardsticks(profile, merged_dir, "8bit").values())
     for arm in ("merged+copy", "adapter+ref-adapter"):
         built = build_arm(arm, profile, adapter, merged_dir, quantize="8bit")
-        assert is_quantized(built.policy) and all(is_quantized(m) for m in built.holds[2:])
+        assert is_quantized(built.policy) and all(is_quantized(m) for m in built.holds[1:])
     queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=2 * profile.ppo_batch_size, seed=0)
     plan = replace(plan_from_profile(profile, arms=["merged+disabled"], seeds=1, steps=2, penalty_steps=0),
                    eval_every=2, reward="vader")

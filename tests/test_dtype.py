@@ -7,13 +7,13 @@ import torch
 import helpers.machine
 import helpers.models
 from helpers import get_profile
-from helpers.arms import Sources
+from helpers.harness.arms import Sources
+from helpers.harness.run import Inputs
 from helpers.models import load_model, new_lora, resolve_dtype
 from helpers.ppo import ValueHead, config_from_profile, train
 from helpers.profiles import ProfileError
 from helpers.reference import DisabledAdapters
 from helpers.rewards import token_fraction_reward
-from helpers.runs import Inputs
 
 
 def test_named_dtypes_and_errors():

@@ -22,20 +22,29 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import random_sft, smol_with_lora
 from scipy import stats
 
-from conftest import random_sft, smol_with_lora
-
-from helpers.arms import build_arm
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
 from helpers.fastpath import fast_path_on, pack_frozen_linears, reference_path
+from helpers.harness.arms import build_arm
+from helpers.harness.trainers import ppo_arm
 from helpers.models import load_model, response_forward
-from helpers.ppo import (ValueHead, config_from_profile, eos_token_ids, gather_logprobs, kl_exact, log_softmax,
-                         policy_loss, rollout, train, value_loss)
+from helpers.ppo import (
+    ValueHead,
+    config_from_profile,
+    gather_logprobs,
+    kl_exact,
+    log_softmax,
+    policy_loss,
+    rollout,
+    train,
+)
+from helpers.ppo_math import value_loss
 from helpers.reference import DisabledAdapters
 from helpers.rewards import load_reward
-from helpers.sampling import hf_generate, lean_generate
+from helpers.sampling import eos_token_ids, hf_generate, lean_generate
 
 LOGPROB_TOL = 1e-4  # nats
 LOSS_RTOL = 1e-4
@@ -158,7 +167,7 @@ def final_evaluation(tiny, tokenizer, sft, data, seed: int, on_reference_path: b
     """One 20-step run of the recipe; its final held-out evaluation (16 prompts x 2 samples)."""
     train_queries, heldout, reward = data
     with reference_path(on_reference_path):
-        arm = build_arm("merged+disabled", tiny, *sft, seed=seed)
+        arm = ppo_arm(build_arm("merged+disabled", tiny, *sft, seed=seed), seed)
         evaluator = Evaluator(tokenizer, heldout, reward, tiny.response_len, every=STEPS, samples_per_prompt=2,
                               seed=100 + seed)
         train(arm.policy, arm.value_head, arm.reference, tokenizer, train_queries, reward,

@@ -18,18 +18,18 @@ import os
 
 import pytest
 import torch
+from conftest import ROOT, random_sft, smol_with_lora
 
 import helpers.ppo
 from helpers import sampling
-from helpers.compare import build_arm, yardsticks
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
-from helpers.ppo import TIMING_COLUMNS, config_from_profile, train
 from helpers.fastpath import reference_path_on
+from helpers.harness.arms import build_arm, yardsticks
+from helpers.harness.trainers import ppo_arm
 from helpers.machine import signature as machine_signature
+from helpers.ppo import TIMING_COLUMNS, config_from_profile, train
 from helpers.rewards import vader_reward
-
-from conftest import ROOT, random_sft, smol_with_lora
 
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_ppo_run.json"
 TIMING = list(TIMING_COLUMNS)
@@ -59,7 +59,7 @@ def tiny_run(tiny, tokenizer, out, monkeypatch, replay: list | None = None) -> d
         return generated
 
     monkeypatch.setattr(helpers.ppo, "generate_tokens", recording)
-    arm = build_arm("merged+disabled", tiny, adapter, merged_dir)
+    arm = ppo_arm(build_arm("merged+disabled", tiny, adapter, merged_dir), seed=0)
     evaluator = Evaluator(tokenizer, queries[-4:], vader_reward(), tiny.response_len, every=1,
                           yardsticks=yardsticks(tiny, merged_dir))
     metrics = train(arm.policy, arm.value_head, arm.reference, tokenizer, queries, vader_reward(),

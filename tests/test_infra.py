@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 SHOW_WARNINGS = """
@@ -68,7 +67,7 @@ def test_publish_merges_progress_frames_and_needs_a_run(tmp_path):
     import nbformat
     import pytest
 
-    from helpers.publish import final_frame, publish, slim
+    from helpers.harness.publish import final_frame, publish, slim
 
     assert final_frame("\r 0%|\r 50%|\r100%|\nsaved\n") == "100%|\nsaved\n"
     nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}})
@@ -121,7 +120,7 @@ def test_ci_workflow_runs_the_readme_commands():
 def test_which_arm_table_is_the_same_in_the_readme_and_in_notebook_04():
     import nbformat
 
-    from helpers.compare import ARMS
+    from helpers.harness.arms import ARMS
 
     def rows(text):
         start = text.index("| framework | what it does | arm |")

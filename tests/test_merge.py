@@ -6,8 +6,14 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from helpers.artifacts import MissingArtifactError, atomic_dir, require, stage_dir
-from helpers.merge import (AdapterError, QuantizedMergeError, merge_adapter, merge_tolerance, quantized_merge_report,
-                           save_merged)
+from helpers.merge import (
+    AdapterError,
+    QuantizedMergeError,
+    merge_adapter,
+    merge_tolerance,
+    quantized_merge_report,
+    save_merged,
+)
 from helpers.models import load_model, lora_target_modules
 from helpers.sft import save_adapter
 

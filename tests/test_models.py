@@ -1,16 +1,8 @@
 import pytest
 import torch
 
-from helpers.models import (
-    convert_gguf,
-    gguf_path,
-    is_quantized,
-    load_model,
-    load_tokenizer,
-    lora_target_modules,
-    model_bytes,
-    perplexity,
-)
+from helpers.checkpoints import convert_gguf, gguf_path
+from helpers.models import is_quantized, load_model, load_tokenizer, lora_target_modules, model_bytes, perplexity
 
 
 def test_lora_targets_per_architecture(tiny_architectures, tiny):

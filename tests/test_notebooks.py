@@ -8,9 +8,9 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import NOTEBOOKS, ROOT
 from safetensors import safe_open
 
-from conftest import NOTEBOOKS, ROOT
 from helpers.artifacts import stage_dir
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,7 @@ def test_publish_keeps_results_and_stays_small(tiny_outputs, tmp_path):
     intermediate frames of progress bars."""
     import nbformat
 
-    from helpers.publish import MAX_TOTAL_MB, publish
+    from helpers.harness.publish import MAX_TOTAL_MB, publish
 
     written = publish(tiny_outputs / "tiny" / "notebooks", tmp_path)
     assert {p.stem for p in written} == set(NOTEBOOKS)
@@ -156,9 +156,10 @@ def test_publish_keeps_results_and_stays_small(tiny_outputs, tmp_path):
     assert len(figures) >= 4  # 01 loss, 03 curves, 04 comparison and memory/time
 
 
-def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outputs, tmp_path):
+def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outputs, tiny, tmp_path):
     """`make publish` copies a run's result files; the README's tutorial block is made from them alone."""
-    from helpers.publish import RESULT_FILES, publish_results, tutorial_block
+    from helpers.harness.publish import RESULT_FILES, publish_results, tutorial_block
+    from helpers.harness.sizing import pilot_from_tutorial
 
     folder = publish_results(tiny_outputs / "tiny", tmp_path / "results", "make tutorial PROFILE=tiny")
     assert all((folder / name).exists() for name in RESULT_FILES.values())
@@ -166,6 +167,8 @@ def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outpu
     assert "`make tutorial PROFILE=tiny`" in block and "| 01 | 02 | 03 | 04 | 05 | total |" in block
     assert "the penalty alone pulls the pitfall towards the base" in block
     assert all(line.count(" | ") == 7 for line in block.splitlines() if line.startswith("| the "))  # no stray |
+    pilot = pilot_from_tutorial(folder)  # what the study's power calculation reads: 03's own JSON
+    assert pilot["steps"] == tiny.ppo_steps and pilot["batch_size"] == tiny.ppo_batch_size and pilot["se"] > 0
     with pytest.raises(SystemExit, match="run `make tutorial`"):
         publish_results(tmp_path / "nothing", tmp_path / "more", "make tutorial")
     assert not (tmp_path / "more").exists()

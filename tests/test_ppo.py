@@ -6,18 +6,19 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import random_sft
 
 from helpers.artifacts import stage_dir
-from helpers.compare import ARMS, build_arm, yardsticks
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
+from helpers.harness.arms import ARMS, build_arm, yardsticks
+from helpers.harness.trainers import ppo_arm
 from helpers.models import load_model, new_lora
-from helpers.ppo import TIMING_COLUMNS, NonFiniteError, ValueHead, config_from_profile, eos_token_ids, rollout, save_ppo, train
-from helpers.reference import DisabledAdapters, FrozenAdapter, FrozenModel
+from helpers.ppo import TIMING_COLUMNS, ValueHead, config_from_profile, rollout, save_ppo, train
+from helpers.ppo_math import NonFiniteError
+from helpers.reference import DisabledAdapters
 from helpers.rewards import token_fraction_reward, vader_reward
-from helpers.sampling import generate_own_distribution, sampling_config
-
-from conftest import random_sft
+from helpers.sampling import eos_token_ids, generate_own_distribution, sampling_config
 
 TIMING = [c for c in TIMING_COLUMNS if c != "eval_s"]
 
@@ -36,7 +37,8 @@ def queries(tiny, tokenizer):
 
 
 def arm(name, tiny, out):
-    return build_arm(name, tiny, stage_dir(out, "tiny", "01_sft") / "adapter", stage_dir(out, "tiny", "02_merge") / "model")
+    return ppo_arm(build_arm(name, tiny, stage_dir(out, "tiny", "01_sft") / "adapter", stage_dir(out, "tiny", "02_merge") / "model"),
+                   seed=0)
 
 
 def run_arm(name, tiny, out, tokenizer, queries, steps=1, evaluator=None, **overrides):
@@ -287,9 +289,19 @@ def test_one_step_by_hand_as_notebook_03_shows_it_equals_one_step_of_train(path,
     import numpy as np
 
     from helpers.fastpath import reference_path
-    from helpers.ppo import (gae, gather_logprobs, kl_exact, log_softmax, per_token_rewards, policy_forward,
-                             ppo_epochs, step_batch, trainable_parameters, whiten)
-    from helpers.runs import weights_hash
+    from helpers.ppo import (
+        gae,
+        gather_logprobs,
+        kl_exact,
+        log_softmax,
+        per_token_rewards,
+        policy_forward,
+        ppo_epochs,
+        step_batch,
+        trainable_parameters,
+    )
+    from helpers.ppo_math import whiten
+    from helpers.provenance import weights_hash
 
     config = config_from_profile(tiny, steps=1)
     reward = vader_reward()

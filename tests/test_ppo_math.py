@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from helpers.ppo import (
+from helpers.ppo_math import (
     AdaptiveKLController,
     entropy,
     gae,

@@ -1,4 +1,4 @@
-"""The full study (helpers.study, `make study`, notebook 05): its sizing, its design, a whole run on `tiny`
+"""The full study (helpers.harness.study, `make study`, notebook 05): its sizing, its design, a whole run on `tiny`
 (resume, verdicts, the stacked equality), the β = 0 null control, and the committed smol study."""
 
 import math
@@ -11,11 +11,14 @@ import pytest
 
 from helpers import get_profile
 from helpers.artifacts import read_json, stage_dir
+from helpers.harness.design import AT_MIDDLE, EVERY_BETA, STUDY, study_claims
+from helpers.harness.results import Results
+from helpers.harness.run import Run, inputs_from_outputs
+from helpers.harness.schedule import run_all
+from helpers.harness.sizing import beta_grid, pilot_from_tutorial, power_steps
+from helpers.harness.study import load_study, run_study, study_dir
+from helpers.harness.verdicts import Claim, findings
 from helpers.ppo import TIMING_COLUMNS, config_from_profile
-from helpers.runs import Results, Run, inputs_from_outputs, run_all
-from helpers.study import (AT_MIDDLE, EVERY_BETA, STUDY, beta_grid, load_study, pilot_from_notebook, power_steps,
-                           run_study, study_claims, study_dir)
-from helpers.verdicts import Claim, findings
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -40,11 +43,17 @@ def test_power_needs_more_steps_for_more_confidence_or_fewer_seeds():
     assert power_steps(smol, {**pilot, "gain": 0.56}, 6, ppo)["steps"] < base["steps"]
 
 
-def test_the_pilot_is_read_from_the_published_notebook_03():
-    pilot = pilot_from_notebook(ROOT / "docs" / "notebooks" / "03_ppo_lora.ipynb")
-    assert pilot["prompts"] > 1 and pilot["se"] > 0 and pilot["steps"] >= 1 and pilot["batch_size"] >= 1
-    with pytest.raises(ValueError, match="paired-gain table"):
-        pilot_from_notebook(ROOT / "notebooks" / "03_ppo_lora.ipynb")  # unexecuted: no outputs
+def test_the_pilot_is_read_from_the_json_notebook_03_writes_not_from_its_printed_output(tmp_path):
+    """03's evaluation.json (published as 03_ppo_evaluation.json) carries the gain and the PPO settings it ran
+    with; a file without the settings (written before 03 recorded them) is refused, naming what to run."""
+    run = {"prompts": 64, "steps": 20, "batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2, "gain": 0.3,
+           "se": 0.11, "z": 2.7}
+    (tmp_path / "03_ppo_evaluation.json").write_text(__import__("json").dumps(run))
+    pilot = pilot_from_tutorial(tmp_path)
+    assert {k: pilot[k] for k in run if k != "z"} == {k: v for k, v in run.items() if k != "z"}
+    (tmp_path / "03_ppo_evaluation.json").write_text(__import__("json").dumps({k: run[k] for k in ("gain", "se", "prompts", "steps")}))
+    with pytest.raises(ValueError, match="batch_size.*make publish"):
+        pilot_from_tutorial(tmp_path)
 
 
 def test_a_dose_response_is_the_per_seed_slope_against_log_beta():
@@ -67,7 +76,7 @@ def test_a_dose_response_is_the_per_seed_slope_against_log_beta():
 
 
 def test_the_second_stage_asks_for_the_seeds_its_measured_spread_needs():
-    from helpers.study import second_stage
+    from helpers.harness.sizing import second_stage
 
     gains = [0.1, 0.3, 0.0, 0.2, 0.25, 0.05]  # mean 0.15, sd 0.11
     stage = second_stage(gains, target_z=3.0, power=0.8, first_seeds=6, max_seeds=100)
@@ -81,7 +90,7 @@ def test_the_second_stage_asks_for_the_seeds_its_measured_spread_needs():
 
 
 def test_recipe_seeds_run_the_recipe_alone_after_the_paired_seeds():
-    from helpers.study import RECIPE, Design
+    from helpers.harness.design import RECIPE, Design
 
     design = Design((0.03, 0.3, 3.0), (0, 1), (0,), config_from_profile(get_profile("tiny"), steps=2), 1,
                     "imdb-tfidf", recipe_seeds=(2, 3))
@@ -111,7 +120,7 @@ def test_the_design_runs_every_claim_arm_seed_by_seed(tiny_study):
     assert cells >= {(a, b) for a in EVERY_BETA for b in design.betas}
     assert {a for a, b in cells if b != design.middle} == set(EVERY_BETA)  # recipe arms: middle β only
     assert {r.seed for r in runs if r.arm == "stacked"} == set(range(tiny.study_side_seeds))
-    assert all(r.ppo.adaptive_kl is False and r.ppo.init_kl_coef == r.beta for r in runs)
+    assert all(r.config.adaptive_kl is False and r.config.init_kl_coef == r.beta for r in runs)
     assert len(results.runs) == len(runs) == manifest["runs_done"] == manifest["runs"]
     e = results.evaluation  # at least study_eval_points evaluations per run, the same prompts in every run
     assert (e.groupby(["arm", "beta", "seed"]).step.nunique() >= tiny.study_eval_points).all()
@@ -138,7 +147,7 @@ def test_stacked_equals_merged_disabled_within_float_tolerance(tiny_study):
     folder, results = tiny_study
     table = pd.read_csv(folder / "findings.csv", keep_default_na=False).set_index("claim")
     row = table.loc["stacking the SFT adapter under a new LoRA equals merging it"]
-    assert row.verdict == "as expected" and float(row.effect) < 1e-2  # the claim's tolerance (helpers.study)
+    assert row.verdict == "as expected" and float(row.effect) < 1e-2  # the claim's tolerance (helpers.harness.design)
     e = results.evaluation.set_index(["arm", "seed", "step"]).sort_index()
     np.testing.assert_allclose(e.loc["stacked"].reward_mean, e.loc["merged+disabled"].loc[e.loc["stacked"].index]
                                .reward_mean, atol=1e-4)
@@ -217,7 +226,7 @@ def test_the_committed_smol_study_recomputes_to_its_committed_verdicts():
 def test_the_readme_results_are_generated_from_the_committed_runs():
     """`make publish` regenerates the README's two blocks (the study's answers, the tutorial run's results);
     on the committed study and tutorial run it changes nothing."""
-    from helpers.publish import TUTORIAL_BEGIN, readme_with_results, tutorial_dir
+    from helpers.harness.publish import TUTORIAL_BEGIN, readme_with_results, tutorial_dir
 
     text = (ROOT / "README.md").read_text()
     assert readme_with_results(text, study_dir("smol"), tutorial_dir("smol")) == text
@@ -227,7 +236,7 @@ def test_the_readme_results_are_generated_from_the_committed_runs():
 
 def test_the_power_check_compares_the_recipe_with_the_planned_z():
     """The study says whether RL moved as its power calculation planned, from the recipe's measured z."""
-    from helpers.study import power_check, reward_gains
+    from helpers.harness.design import power_check, reward_gains
 
     results, design, manifest = load_study(study_dir("smol"))
     gains = reward_gains(results)
@@ -241,7 +250,7 @@ def test_the_power_check_compares_the_recipe_with_the_planned_z():
 def test_a_new_setting_is_a_new_study_version_and_the_committed_one_is_kept(tmp_path, monkeypatch):
     """`study_dir` with no version renders the newest *complete* version; a study folder refuses a profile
     whose PPO settings differ from its manifest's, naming the setting to change."""
-    import helpers.study as study
+    import helpers.harness.study as study
 
     monkeypatch.setattr(study, "project_root", lambda: tmp_path)
     root = tmp_path / "docs" / "study" / "smol"
@@ -264,7 +273,7 @@ def test_a_new_setting_is_a_new_study_version_and_the_committed_one_is_kept(tmp_
 def test_the_power_calculation_takes_the_tunings_spread_over_seeds(tmp_path):
     """The pilot comes from the tuning's confirmation trials of exactly the study's setting, with the
     spread over seeds measured; a setting the tuning did not confirm has no pilot there."""
-    from helpers.study import pilot_from_tuning
+    from helpers.harness.sizing import pilot_from_tuning
 
     smol = get_profile("smol")
     ppo = config_from_profile(smol, adaptive_kl=False)

@@ -1,21 +1,28 @@
-"""Runs on Ray workers (helpers.workers): the same run files as in-process, and a dead worker costs only its run."""
+"""Runs on Ray workers (helpers.harness.workers): the same run files as in-process, and a dead worker costs only its run."""
 
 import json
 import re
+import sys
+import time
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import pytest
 import torch
 
 from helpers.artifacts import stage_dir
+from helpers.harness.run import RUN_FILES, Run, inputs_from_outputs
+from helpers.harness.schedule import run_all
+from helpers.harness.trainers import TRAINERS, Fitted, Trainer
+from helpers.harness.workers import FAULT, threads_per_worker
 from helpers.ppo import TIMING_COLUMNS
-from helpers.runs import RUN_FILES, Run, inputs_from_outputs, run_all
-from helpers.workers import FAULT, threads_per_worker
+from helpers.provenance import check_count
+
 
 def test_without_ray_auto_means_one_process_and_more_workers_say_what_to_install(monkeypatch):
     import sys
 
-    from helpers.workers import resolve_workers, start_ray
+    from helpers.harness.workers import resolve_workers, start_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert resolve_workers("auto") == 1 and resolve_workers("2") == 2
@@ -106,3 +113,61 @@ def test_a_worker_that_dies_loses_only_its_own_run(tiny_plan, tmp_path, monkeypa
     said = capsys.readouterr().out
     assert said.count(" ran (not run yet)") == 1 and f"{victim.label}: ran" in said
     assert said.count("skipped") == len(runs) - 1
+
+
+# --- a second trainer through the same harness ----------------------------------------------------------------
+
+
+@dataclass
+class NudgeConfig:
+    """A stand-in trainer's settings: `steps` seeded random nudges of the arm's trainable weights."""
+
+    steps: int = 2
+    scale: float = 1e-2
+    response_len: tuple[int, int] = (4, 8)
+    seed: int = 0
+
+
+def fit_nudge(arm, tokenizer, queries, reward_fn, config, evaluator, progress=False):
+    params = [p for p in arm.policy.parameters() if p.requires_grad]
+    noise = torch.Generator().manual_seed(config.seed)
+    evaluator(0, arm.policy, arm.reference)
+    rows = []
+    for step in range(1, config.steps + 1):
+        start = time.perf_counter()
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=noise) * config.scale)
+        rows.append({"step": step, "reward_mean": float(reward_fn(["a good film"]).mean()),
+                     "step_time_s": time.perf_counter() - start})
+        if evaluator.due(step, config.steps):
+            evaluator(step, arm.policy, arm.reference)
+    return Fitted(pd.DataFrame(rows), params, [])
+
+
+NUDGE = Trainer(NudgeConfig, fit_nudge, beta=lambda config: None, check=lambda config: check_count("steps", config.steps),
+                fingerprint=asdict)
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=[needs_ray, pytest.mark.slow])])
+def test_a_second_trainer_is_one_registry_entry_and_runs_through_the_harness(tiny_plan, tmp_path, monkeypatch,
+                                                                               workers):
+    """A stand-in trainer registered in TRAINERS runs through run_all in-process and on Ray workers: the
+    harness builds the arms, evaluates and lands the runs without reading any PPO setting, and the trained
+    weights are the same wherever they ran."""
+    inputs, _ = tiny_plan
+    monkeypatch.setitem(TRAINERS, "nudge", NUDGE)
+    if workers > 1:
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # a test module workers cannot import
+    runs = [Run("stand-in", arm, 0, NudgeConfig(steps=2), inputs.eval_reward, 1, trainer="nudge")
+            for arm in ("merged+disabled", "adapter+ref-adapter")]
+    results = run_all(runs, inputs, tmp_path / "nudge", workers=workers)
+    assert list(results.evaluation.groupby("arm").step.apply(list)) == [[0, 1, 2], [0, 1, 2]]
+    assert results.runs.beta.isna().all() and runs[0].label == "stand-in/merged+disabled/seed0"
+    fingerprint = json.loads((tmp_path / "nudge" / "runs" / runs[0].path / "fingerprint.json").read_text())
+    assert fingerprint["trainer"] == "nudge" and fingerprint["nudge"]["scale"] == 1e-2 and "ppo" not in fingerprint
+    again = run_all(runs, inputs, tmp_path / "again")  # in-process: the same weights wherever they ran
+    assert list(results.runs.trained_weights) == list(again.runs.trained_weights)
+    assert results.evaluation.kl_ref_exact[results.evaluation.step == 2].gt(0).all()  # the nudges moved the policy
+    with pytest.raises(ValueError, match="Unknown trainer 'grpo'; valid trainers: ppo, nudge"):
+        Run("stand-in", "merged+disabled", 0, NudgeConfig(), inputs.eval_reward, 1, trainer="grpo")

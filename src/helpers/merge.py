@@ -15,12 +15,16 @@ its perplexity is close to that of the full-precision merge loaded in 8-bit. `me
 from __future__ import annotations
 
 import json
+import tempfile
+import warnings
 from pathlib import Path
 
+import pandas as pd
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import dequantize_bnb_weight
 
 from .artifacts import atomic_dir, write_json
 from .models import is_quantized, load_model, perplexity, position_ids
@@ -173,13 +177,6 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
     of the row it lands in (median |ΔW| / (row absmax / 127)), and which part of it the re-quantized weight
     lost, ‖(W8_merged − W8) − ΔW‖ / ‖ΔW‖ (W8: the dequantized 8-bit weight), read back from bitsandbytes.
     """
-    import tempfile
-    import warnings
-
-    import pandas as pd
-    from peft.tuners.lora import LoraLayer
-    from peft.utils.integrations import dequantize_bnb_weight
-
     seq_len = profile.sft_seq_len
     rows, reference = [], None
 

@@ -1,4 +1,5 @@
-"""Classic PPO for language models (Ziegler et al. 2019, as TRL <= 0.11 implemented it), in one file.
+"""Classic PPO for language models (Ziegler et al. 2019, as TRL <= 0.11 implemented it), top to bottom;
+its math, each piece small enough to test by hand, is helpers.ppo_math, and the rollout helpers.sampling.
 
 One step, top to bottom:
   1. rollout   sample a response to each query from the policy's own distribution (temperature 1,
@@ -44,22 +45,36 @@ yardstick models, see helpers.evaluation) runs between steps, timed out of `step
 from __future__ import annotations
 
 import math
-import os
-import resource
-import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
 
+from .artifacts import atomic_dir
 from .fastpath import lever_on, pack_frozen_linears
-from .machine import release_free_memory
+from .machine import peak_memory, progress_bar, release_free_memory
 from .models import response_forward
+from .ppo_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    check_finite,
+    entropy,
+    gae,
+    gather_logprobs,
+    kl_exact,
+    kl_sampled,
+    log_softmax,
+    per_token_rewards,
+    policy_loss,
+    value_loss,
+    whiten,
+)
 from .reference import Reference
-from .sampling import generate_tokens
+from .sampling import Rollout, rollout
 
 
 @dataclass
@@ -99,10 +114,6 @@ TIMING_COLUMNS = ("gen_s", "score_s", "fwd_s", "ref_s", "update_s", "step_time_s
                   "eval_s")
 
 
-class NonFiniteError(FloatingPointError):
-    """A loss or KL became NaN or infinite; the message names the step and the quantity."""
-
-
 class ValueHead(torch.nn.Module):
     """V(s) = w . h_last + b on the policy's last hidden state."""
 
@@ -114,189 +125,6 @@ class ValueHead(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
-
-
-class AdaptiveKLController:
-    """Ziegler et al.: kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon."""
-
-    def __init__(self, init: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init, target, horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
-        self.value *= 1 + error * n_steps / self.horizon
-
-
-class FixedKLController:
-    def __init__(self, value: float):
-        self.value = value
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        pass
-
-
-# --- the math, each piece small enough to test by hand ---------------------------------------------
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    return (x * mask).sum(dim) / mask.sum(dim)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance over the masked entries (Bessel's n / (n - 1)), as TRL 0.11's `masked_var`."""
-    n = mask.sum()
-    if n < 2:
-        raise ValueError("whitening needs at least two unmasked entries")
-    return masked_mean((x - masked_mean(x, mask)) ** 2, mask) * n / (n - 1)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """TRL 0.11's `masked_whiten`: (x - mean) / sqrt(var + 1e-8) over the masked entries, unbiased variance;
-    `shift_mean=False` adds the mean back. Padding is set to 0 (TRL left it; every loss masks it out)."""
-    mean = masked_mean(x, mask)
-    out = (x - mean) * torch.rsqrt(masked_var(x, mask) + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
-    """Generalised advantage estimation over right-padded responses; returns (advantages, returns)."""
-    T = rewards.shape[1]
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
-        not_done = mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        next_value = values[:, t + 1] * not_done if t + 1 < T else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = delta + gamma * lam * not_done * last
-        advantages[:, t] = last
-    advantages = advantages * mask
-    return advantages, (advantages + values) * mask
-
-
-def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
-    """Clipped surrogate: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)); also clip fraction, approx KL."""
-    logratio = logprobs - old_logprobs
-    ratio = torch.exp(logratio)
-    pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)
-    with torch.no_grad():
-        clipfrac = masked_mean((pg_loss2 > pg_loss1).float(), mask)
-        approx_kl = masked_mean((ratio - 1) - logratio, mask)  # k3 estimator of KL(old || new)
-    return pg_loss, clipfrac, approx_kl
-
-
-def value_loss(values, old_values, returns, mask, cliprange_value):
-    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within cliprange_value of the rollout's V."""
-    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (values_clipped - returns) ** 2), mask)
-
-
-def kl_sampled(logprobs, ref_logprobs, mask) -> torch.Tensor:
-    """Per sequence: sum over the response of log pi - log pi_ref at the sampled tokens (unbiased for
-    the sequence KL; what the per-token penalty adds up to)."""
-    return ((logprobs - ref_logprobs) * mask).sum(-1)
-
-
-def over_rows(fn, *tensors: torch.Tensor) -> torch.Tensor:
-    """`fn` applied to one batch row at a time, the results concatenated: a sum over the vocabulary then
-    makes [R, vocab] temporaries instead of [B, R, vocab] ones (25 MiB each on smol at batch 8). The same
-    values, bit for bit: each row is reduced exactly as in the whole batch."""
-    return torch.cat([fn(*rows) for rows in zip(*(t.split(1) for t in tensors))])
-
-
-def kl_exact(logp, ref_logp, mask) -> torch.Tensor:
-    """Per sequence: the exact KL(pi || pi_ref) over the whole vocabulary, averaged over response tokens.
-    Takes log-probabilities (`log_softmax` of the logits)."""
-    per_token = over_rows(lambda p, q: (p.exp() * (p - q)).sum(-1), logp, ref_logp)
-    return masked_mean(per_token, mask, dim=-1)
-
-
-def entropy(logp, mask) -> torch.Tensor:
-    """Mean entropy per response token, from log-probabilities."""
-    return masked_mean(over_rows(lambda p: -(p.exp() * p).sum(-1), logp), mask)
-
-
-def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(logits.float(), -1)
-
-
-def gather_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log pi(token) at each position, from log-probabilities [B, R, V] and tokens [B, R]."""
-    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def check_finite(step: int, **quantities) -> None:
-    for name, value in quantities.items():
-        value = torch.as_tensor(value)
-        if not torch.isfinite(value).all():
-            raise NonFiniteError(f"PPO step {step}: {name} is not finite ({value.flatten()[:4].tolist()}). "
-                                 f"Lower the learning rate or the KL coefficient.")
-
-
-# --- rollouts --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Rollout:
-    input_ids: torch.Tensor  # [B, Q + R]: left-padded query, then right-padded response
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor  # [B, R]
-    query_len: int  # Q: every response starts at this column
-    texts: list[str]  # query + response, decoded
-    responses: list[str]
-    logits: torch.Tensor | None = None  # [B, R, V] the sampling policy's logits, kept only if asked for
-    hidden: torch.Tensor | None = None  # [B, R, H] its last hidden states there (fast path, if asked for)
-
-    @property
-    def response_tokens(self) -> torch.Tensor:
-        return self.input_ids[:, self.query_len :]
-
-    def rows(self, index) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(input_ids, attention_mask, query_len) of some rows: the arguments of a forward pass."""
-        return self.input_ids[index], self.attention_mask[index], self.query_len
-
-
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every token id generation stops on: the checkpoint's generation_config (an int or a list) and the
-    tokenizer's. The response mask must cut at the same tokens that stop generation."""
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
-
-
-@torch.no_grad()
-def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int], keep_logits: bool = False) -> Rollout:
-    """Sample one response per query from the policy's own distribution, each cut to its drawn length.
-
-    `keep_logits`: also keep the logits generation sampled from, at the positions that predict the response
-    tokens: what `response_forward` would compute again (up to float rounding, as generation reuses a KV
-    cache); on the fast path (helpers.sampling) the last hidden states there too, for the value head."""
-    device = policy.device
-    pad = tokenizer.pad_token_id
-    Q = max(len(q) for q in queries)
-    query_ids = torch.tensor([[pad] * (Q - len(q)) + q for q in queries], device=device)
-    query_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries], device=device)
-    eos_ids = eos_token_ids(policy, tokenizer)
-    generated = generate_tokens(policy, query_ids, query_mask, max(lengths), eos_ids, pad, keep_logits)
-    response = generated.tokens  # may be shorter than max(lengths) when every row ended early
-    R = response.shape[1]
-    # cut each response to its drawn length, and after the first end-of-sequence token (kept)
-    columns = torch.arange(R, device=device)
-    keep = columns[None, :] < torch.tensor(lengths, device=device)[:, None]
-    eos = torch.isin(response, torch.tensor(eos_ids, device=device)) & keep
-    after_eos = (eos.long().cumsum(-1) - eos.long()) > 0
-    response_mask = (keep & ~after_eos).long()
-    response = torch.where(response_mask.bool(), response, torch.full_like(response, pad))
-    input_ids = torch.cat([query_ids, response], 1)
-    attention_mask = torch.cat([query_mask, response_mask], 1)
-    responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response, response_mask)]
-    texts = [tokenizer.decode(q, skip_special_tokens=True) + r for q, r in zip(queries, responses)]
-    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses, generated.logits, generated.hidden)
 
 
 def policy_forward(policy, value_head, input_ids, attention_mask, query_len):
@@ -327,34 +155,7 @@ def param_groups(policy, value_head, cfg: PPOConfig) -> list[dict]:
     return [{"params": params, "lr": cfg.learning_rate * ratio} for params, ratio in groups if params]
 
 
-def peak_memory() -> dict:
-    """Peak resident memory of this process (CPU) and peak CUDA allocation since the last reset."""
-    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    peak["peak_cuda_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-    return peak
-
-
 # --- the loop --------------------------------------------------------------------------------------
-
-
-def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
-    """-kl_coef * (log pi - log pi_ref) at every response token, plus the score at the last one."""
-    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
-    last = mask.sum(1).long() - 1
-    rewards[torch.arange(len(last)), last] += scores
-    return rewards
-
-
-def progress_bar(iterable, desc: str, disable: bool = False):
-    """tqdm: a notebook widget when a learner runs the notebook; under `make tutorial` (papermill) a text bar
-    on the terminal instead, so the executed notebook keeps no frozen "0%" widget."""
-    if os.environ.get("TUTORIAL_TERMINAL_PROGRESS") == "1" and sys.__stderr__ is not None:
-        from tqdm import tqdm
-
-        return tqdm(iterable, desc=f"   {desc}", disable=disable, file=sys.__stderr__, dynamic_ncols=True)
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, disable=disable)
 
 
 def step_batch(queries: list[list[int]], step: int, cfg: PPOConfig, rng: np.random.Generator):
@@ -488,11 +289,7 @@ def train(policy, value_head: ValueHead, reference: Reference, tokenizer, querie
 def save_ppo(policy, value_head: ValueHead, destination, adapter_name: str = "ppo"):
     """The PPO adapter (safetensors, loadable with peft onto the merged model) and the value head, in one
     atomic step."""
-    from pathlib import Path
 
-    from safetensors.torch import save_file
-
-    from .artifacts import atomic_dir
 
     with atomic_dir(destination) as tmp:
         policy.save_pretrained(tmp, selected_adapters=[adapter_name], safe_serialization=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+import torch
+
 DEFAULT_PROFILE = "smol"
 
 
@@ -28,7 +30,7 @@ class Profile:
     # the dtype SFT, PPO and the evaluation compute in (helpers.models.DTYPES): "float32"; "bfloat16" (base
     # weights in bf16; LoRA, value head and optimizer stay fp32); "float16" (CUDA); "auto": bf16 where the
     # hardware has it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp16 on CUDA, fp32 on CPU.
-    # It enters every run's fingerprint (helpers.runs.Inputs)
+    # It enters every run's fingerprint (helpers.harness.run.Inputs)
     dtype: str = "float32"
     heldout_size: int = 500  # reviews kept out of SFT: perplexity, merge check, PPO evaluation prompts
     # SFT (notebook 01)
@@ -73,7 +75,7 @@ class Profile:
     comparison_eval_prompts: int = 32  # held-out prompts of each 04 evaluation
     penalty_steps: int = 6
     penalty_eval_every: int = 1  # the penalty alone: held-out evaluation every k steps (its curve)
-    # the full study (`make study`, helpers.study, notebook 05): fixed KL coefficients β, chosen so that the
+    # the full study (`make study`, helpers.harness.study, notebook 05): fixed KL coefficients β, chosen so that the
     # penalty on the pitfall's step-0 drift, β·KL(SFT‖base) per response, is `study_beta_ratios` times the
     # reward's spread across responses; `study_seeds` paired seeds; steps from the power calculation (None)
     # or fixed; `study_eval_points` held-out evaluations per run (step 0 included)
@@ -90,7 +92,7 @@ class Profile:
     study_topup_power: float | None = 0.8
     study_max_seeds: int = 30
     # a study folder holds one setting: a profile whose PPO settings change gets a new version, committed in
-    # docs/study/<profile>/<version>/ beside the old one ("v1": docs/study/<profile>/ itself; helpers.study)
+    # docs/study/<profile>/<version>/ beside the old one ("v1": docs/study/<profile>/ itself; helpers.harness.study)
     study_version: str = "v1"
 
     def __post_init__(self):
@@ -100,8 +102,6 @@ class Profile:
 
     def for_device(self) -> "Profile":
         """On a machine with a CUDA GPU, the profile with its CUDA schedule for notebook 03 (if it has one)."""
-        import torch
-
         if self.cuda_ppo_steps is None or not torch.cuda.is_available():
             return self
         return replace(self, ppo_steps=self.cuda_ppo_steps, eval_every=self.cuda_eval_every or self.eval_every)
@@ -167,7 +167,7 @@ PROFILES: dict[str, Profile] = {
             # with 2 epochs does the same update compute as 8 x 4 epochs, with twice the rollouts and half the
             # reuse (03's paired held-out gain after 20 steps was clearer at 16 x 2 epochs, lr 7e-4, than at
             # 8 x 4 epochs, lr 5e-4, on one 2026-11 run each).
-            # The PPO setting is the tuning study's winner (docs/tuning/smol/, `python -m helpers.tuning`): β
+            # The PPO setting is the tuning study's winner (docs/tuning/smol/, `python -m helpers.tune`): β
             # starts at 0.05 instead of 0.2 and the value head learns 10x faster than the LoRA. Faster policy
             # steps (lr x2, LoRA+) only drifted; a smaller penalty and a critic that learns the query's part
             # of the reward sooner left the advantages more of the response's signal.
@@ -291,8 +291,6 @@ def get_profile(name: str | None = None) -> Profile:
         raise ProfileError(f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}.")
     profile = PROFILES[name]
     if profile.needs_cuda:
-        import torch
-
         if not torch.cuda.is_available():
             raise ProfileError(
                 f"Profile {name!r} needs a CUDA GPU ({profile.hardware}) and none is visible. "

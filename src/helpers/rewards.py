@@ -22,17 +22,24 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import sklearn
 import torch
+from safetensors.numpy import load_file, save_file
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from transformers import pipeline
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from .artifacts import atomic_dir, read_json, write_json
+from .checkpoints import cache_dir
+from .data import load_imdb
 from .profiles import Profile
 
 Reward = Callable[[list[str]], torch.Tensor]
 
 
 def vader_reward() -> Reward:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
     analyzer = SentimentIntensityAnalyzer()
 
     def reward(texts: list[str]) -> torch.Tensor:
@@ -44,8 +51,6 @@ def vader_reward() -> Reward:
 def classifier_reward(model_name_or_path: str, label: str = "POSITIVE", batch_size: int = 16,
                       device: int | str | None = None) -> Reward:
     """The raw logit of `label` from a text-classification pipeline (function_to_apply="none")."""
-    from transformers import pipeline
-
     if device is None:
         device = 0 if torch.cuda.is_available() else -1
     classifier = pipeline("text-classification", model=model_name_or_path, device=device, use_safetensors=True)
@@ -103,8 +108,6 @@ class TfidfRewardModel:
     meta: dict
 
     def __post_init__(self):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         if not (len(self.terms) == len(self.idf) == len(self.coef)):
             raise RewardCacheError(f"{len(self.terms)} terms, {len(self.idf)} idf weights and "
                                    f"{len(self.coef)} coefficients: the reward model is inconsistent.")
@@ -124,8 +127,6 @@ class TfidfRewardModel:
 
     def save(self, folder: str | Path) -> Path:
         """vocabulary.json + weights.safetensors + meta.json (with the two files' checksums), atomically."""
-        from safetensors.numpy import save_file
-
         with atomic_dir(folder) as tmp:
             (tmp / "vocabulary.json").write_text(json.dumps(self.terms))
             save_file({"idf": self.idf, "coef": self.coef, "intercept": np.array([self.intercept])},
@@ -136,8 +137,6 @@ class TfidfRewardModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> "TfidfRewardModel":
-        from safetensors.numpy import load_file
-
         folder = Path(folder)
         try:
             meta = read_json(folder / "meta.json")
@@ -169,10 +168,6 @@ def fit_tfidf(texts: list[str], labels, kept_out: int = TFIDF_KEPT_OUT):
 
     Returns the model as arrays and the fitted sklearn pipeline (tests check that they agree).
     """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
     labels = np.asarray(labels)
     if len(texts) <= 2 * kept_out or set(np.unique(labels)) != {0, 1}:
         raise ValueError(f"Need more than {2 * kept_out} reviews labelled 0 and 1; got {len(texts)} with labels "
@@ -195,8 +190,6 @@ def fit_tfidf(texts: list[str], labels, kept_out: int = TFIDF_KEPT_OUT):
 def _cache_key(data_fingerprint: str) -> dict:
     """What a cached model must match to be reused. sklearn's version is part of it: the vocabulary is only
     valid with the tokenizer that built it."""
-    import sklearn
-
     settings = json.loads(json.dumps(TFIDF_SETTINGS))  # tuples become lists, as they read back from meta.json
     return dict(format=TFIDF_FORMAT, settings=settings, C=TFIDF_C, sklearn=sklearn.__version__, data=data_fingerprint)
 
@@ -206,9 +199,6 @@ def tfidf_model(profile: Profile, folder: str | Path | None = None) -> TfidfRewa
 
     A cache fitted with other settings, another format or other data is rebuilt; a corrupt one is an error.
     """
-    from .data import load_imdb
-    from .models import cache_dir
-
     train = load_imdb(profile)["train"]
     texts, labels = list(train["text"]), list(train["label"])
     data = fingerprint(texts, labels)

@@ -24,6 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+import papermill
+from papermill.exceptions import PapermillExecutionError
+from traitlets.config import Config
+
 from .artifacts import atomic_file, output_dir, read_json, write_json
 from .profiles import get_profile
 
@@ -51,8 +55,6 @@ def one_line(text: str) -> str:
 def _failure(source: Path, error: BaseException, kept: Path | None) -> NotebookFailed:
     """The short report for `error`: papermill's own error knows the cell; anything else (a dead kernel,
     a timeout) is reported with its type and message."""
-    from papermill.exceptions import PapermillExecutionError
-
     if isinstance(error, PapermillExecutionError):
         first = next((line for line in error.source.splitlines() if line.strip() and not line.startswith("#")), "")
         return NotebookFailed(source.name, error.exec_count, first.strip()[:80],
@@ -82,8 +84,6 @@ class CellProgress:
 def _kernel_config():
     """IPC sockets instead of TCP: the kernel is only ever reached from this machine, and ipykernel warns
     ("running over TCP without encryption") for unencrypted TCP."""
-    from traitlets.config import Config
-
     return Config({"KernelManager": {"transport": "ipc"}})
 
 
@@ -114,8 +114,6 @@ def run(names: list[str], profile_name: str, out: str | os.PathLike | None = Non
 
 
 def _execute(sources, profile_name, out, executed, timings, parameters) -> dict:
-    import papermill
-
     timings_file = executed / "timings.json"
     for number, source in enumerate(sources, 1):
         print(f"== [{number}/{len(sources)}] {source.name} (profile {profile_name}) ==", flush=True)

@@ -10,6 +10,7 @@ processor, stopping at any end-of-sequence id. Two paths draw the same tokens fr
   config, so no setting of the checkpoint's own config (a temperature, a repetition penalty) applies.
 
 Both return a `Generated`: the raw tokens before any cut to a drawn length, and optionally what predicted them.
+`rollout` cuts them into a PPO step's `Rollout` (and the evaluation's held-out responses).
 """
 
 from __future__ import annotations
@@ -120,3 +121,66 @@ def teacher_forced(model, query_ids, query_mask, tokens: torch.Tensor, keep_logi
     mask = torch.cat([query_mask, torch.ones_like(tokens, dtype=query_mask.dtype)], 1)
     logits, hidden = response_forward(model, ids, mask, query_ids.shape[1])
     return Generated(tokens, logits.float(), hidden)
+
+
+# --- a PPO rollout: one sampled response per query, cut to its drawn length --------------------------------
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [B, Q + R]: left-padded query, then right-padded response
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor  # [B, R]
+    query_len: int  # Q: every response starts at this column
+    texts: list[str]  # query + response, decoded
+    responses: list[str]
+    logits: torch.Tensor | None = None  # [B, R, V] the sampling policy's logits, kept only if asked for
+    hidden: torch.Tensor | None = None  # [B, R, H] its last hidden states there (fast path, if asked for)
+
+    @property
+    def response_tokens(self) -> torch.Tensor:
+        return self.input_ids[:, self.query_len :]
+
+    def rows(self, index) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(input_ids, attention_mask, query_len) of some rows: the arguments of a forward pass."""
+        return self.input_ids[index], self.attention_mask[index], self.query_len
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token id generation stops on: the checkpoint's generation_config (an int or a list) and the
+    tokenizer's. The response mask must cut at the same tokens that stop generation."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def rollout(policy, tokenizer, queries: list[list[int]], lengths: list[int], keep_logits: bool = False) -> Rollout:
+    """Sample one response per query from the policy's own distribution, each cut to its drawn length.
+
+    `keep_logits`: also keep the logits generation sampled from, at the positions that predict the response
+    tokens: what `response_forward` would compute again (up to float rounding, as generation reuses a KV
+    cache); on the fast path (helpers.sampling) the last hidden states there too, for the value head."""
+    device = policy.device
+    pad = tokenizer.pad_token_id
+    Q = max(len(q) for q in queries)
+    query_ids = torch.tensor([[pad] * (Q - len(q)) + q for q in queries], device=device)
+    query_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries], device=device)
+    eos_ids = eos_token_ids(policy, tokenizer)
+    generated = generate_tokens(policy, query_ids, query_mask, max(lengths), eos_ids, pad, keep_logits)
+    response = generated.tokens  # may be shorter than max(lengths) when every row ended early
+    R = response.shape[1]
+    # cut each response to its drawn length, and after the first end-of-sequence token (kept)
+    columns = torch.arange(R, device=device)
+    keep = columns[None, :] < torch.tensor(lengths, device=device)[:, None]
+    eos = torch.isin(response, torch.tensor(eos_ids, device=device)) & keep
+    after_eos = (eos.long().cumsum(-1) - eos.long()) > 0
+    response_mask = (keep & ~after_eos).long()
+    response = torch.where(response_mask.bool(), response, torch.full_like(response, pad))
+    input_ids = torch.cat([query_ids, response], 1)
+    attention_mask = torch.cat([query_mask, response_mask], 1)
+    responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response, response_mask)]
+    texts = [tokenizer.decode(q, skip_special_tokens=True) + r for q, r in zip(queries, responses)]
+    return Rollout(input_ids, attention_mask, response_mask, Q, texts, responses, generated.logits, generated.hidden)

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from datasets import Dataset
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -85,8 +86,6 @@ def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, 
     Returns the PEFT model, the logged training losses, and the held-out perplexity curve of `eval_texts`
     (a DataFrame with `step` and `perplexity`; empty without `eval_texts`).
     """
-    from datasets import Dataset
-
     steps = steps or profile.sft_steps
     callbacks = []
     if eval_texts is not None and len(eval_texts):

@@ -1,6 +1,6 @@
 """`make publish`: copy the executed notebooks of a run into docs/ so that GitHub shows their results.
 
-    python -m helpers.publish outputs/smol/notebooks docs/notebooks
+    python -m helpers.harness.publish outputs/smol/notebooks docs/notebooks
 
 The copies keep every output a reader looks at (tables, figures, printed results, the final state of each
 progress bar) and drop what only a live kernel uses: the widget state, papermill's per-cell timing
@@ -9,10 +9,19 @@ metadata and the intermediate frames of progress bars. The notebooks in notebook
 
 from __future__ import annotations
 
+import shutil
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .artifacts import atomic_file
+import nbformat
+import pandas as pd
+
+from ..artifacts import atomic_dir, atomic_file, project_root, read_json, write_json
+from .answers import readme_block
+from .results import load_results
+from .study import study_dir
+from .verdicts import findings, readable
 
 MAX_TOTAL_MB = 8  # "a few MB in all": the repository carries these files
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -51,8 +60,6 @@ def slim(nb):
 
 
 def publish(source: str | Path, destination: str | Path) -> list[Path]:
-    import nbformat
-
     source, destination = Path(source), Path(destination)
     notebooks = sorted(p for p in source.glob("[0-9]*.ipynb") if not p.name.endswith(".failed.ipynb"))
     if not notebooks:
@@ -94,12 +101,6 @@ RESULT_FILES = {"notebooks/timings.json": "timings.json", "01_sft/adapter/metric
 def publish_results(run: str | Path, destination: str | Path, command: str) -> Path:
     """Copy a tutorial run's result files (`outputs/<profile>/`) into `destination` in one atomic step, with
     run.json: the command, the date the notebooks finished, the machine and commit the comparison ran on."""
-    import shutil
-    from datetime import datetime, timezone
-
-    import pandas as pd
-
-    from .artifacts import atomic_dir, write_json
 
     run = Path(run)
     missing = [f for f in RESULT_FILES if not (run / f).exists()]
@@ -119,10 +120,6 @@ def publish_results(run: str | Path, destination: str | Path, command: str) -> P
 
 def tutorial_block(folder: str | Path) -> str:
     """The README's tutorial results, generated from a committed tutorial run (`publish_results`)."""
-    from .artifacts import read_json
-    from .runs import load_results
-    from .verdicts import findings, readable
-
     folder = Path(folder)
     run, timings = read_json(folder / "run.json"), read_json(folder / "timings.json")
     sft, merge = read_json(folder / "01_sft_metrics.json"), read_json(folder / "02_merge_verification.json")
@@ -161,7 +158,6 @@ def benchmark_block(folder: str | Path) -> str:
     ppo_step.json (after), ppo_step_before.json, ab_step.json (the paired step-time A/B), levers.json (each lever
     of the fast path alone), trl_ppo.json (against TRL 1.12), ppo_step_default.json (the profile's own layout),
     dtype_numbers.json and 03_ppo_evaluation_bf16.json."""
-    from .artifacts import read_json
 
     folder = Path(folder)
     after, before = read_json(folder / "ppo_step.json"), read_json(folder / "ppo_step_before.json")
@@ -290,8 +286,6 @@ def _with_block(readme: str, begin: str, end: str, block: str) -> str:
 
 def readme_with_study(readme: str, study_folder: str | Path) -> str:
     """`readme` with the block between the study markers regenerated from the committed study."""
-    from .study import readme_block
-
     return _with_block(readme, README_BEGIN, README_END, readme_block(study_folder))
 
 
@@ -314,24 +308,18 @@ def update_readme(readme: str | Path, study_folder: str | Path, tutorial_folder:
 
 
 def benchmark_dir() -> Path:
-    from .artifacts import project_root
-
     return (project_root() or Path.cwd()) / "docs" / "benchmarks"
 
 
 def tutorial_dir(profile_name: str) -> Path:
-    from .artifacts import project_root
-
     return (project_root() or Path.cwd()) / "docs" / "tutorial" / profile_name
 
 
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4):
-        raise SystemExit("usage: python -m helpers.publish <executed notebooks folder> <destination> [README.md]")
+        raise SystemExit("usage: python -m helpers.harness.publish <executed notebooks folder> <destination> [README.md]")
     publish(*sys.argv[1:3])
     if len(sys.argv) == 4:
-        from .study import study_dir
-
         run = Path(sys.argv[1]).parent  # outputs/<profile>/notebooks -> outputs/<profile>
         results = publish_results(run, tutorial_dir(run.name), f"make tutorial PROFILE={run.name}")
         print(f"{results}: the run's result files")

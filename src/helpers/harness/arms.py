@@ -17,11 +17,10 @@ import pandas as pd
 import torch
 from peft import PeftModel
 
-from .merge import load_adapter
-from .models import PPO_ADAPTER, load_model, new_lora, ppo_lora_config
-from .ppo import ValueHead
-from .profiles import Profile
-from .reference import DisabledAdapters, FrozenAdapter, FrozenModel, Reference
+from ..merge import load_adapter
+from ..models import PPO_ADAPTER, load_model, new_lora, ppo_lora_config
+from ..profiles import Profile
+from ..reference import DisabledAdapters, FrozenAdapter, FrozenModel, Reference
 
 
 @dataclass
@@ -145,9 +144,8 @@ def arm_table() -> pd.DataFrame:
 class ArmModels:
     name: str
     policy: PeftModel
-    value_head: ValueHead
     reference: Reference
-    holds: list  # every module the arm itself keeps in memory (for model_bytes)
+    holds: list  # every module the arm itself keeps in memory (for model_bytes); a trainer adds its own
 
 
 def _train_only(policy: PeftModel, adapter_names: list[str]) -> None:
@@ -171,13 +169,12 @@ def builder_source(name: str) -> str:
 
 def build_arm(name: str, profile: Profile, sft_adapter: str | Path, merged_dir: str | Path,
               quantize: str | None = None, seed: int = 0) -> ArmModels:
-    """Load the models of one arm (from the 01 adapter and the 02 merged model) and its reference."""
+    """Load the models of one arm (from the 01 adapter and the 02 merged model) and its reference. What a
+    trainer adds (PPO's value head) is the trainer's: helpers.harness.trainers."""
     check_arms([name])
     built = ARMS[name].build(Sources(profile, Path(sft_adapter), Path(merged_dir), quantize), seed)
     _train_only(built.policy, built.trained)
-    torch.manual_seed(seed)
-    value_head = ValueHead(built.policy.get_base_model().config.hidden_size).to(built.policy.device)
-    return ArmModels(name, built.policy, value_head, built.reference, [built.policy, value_head, *built.extra])
+    return ArmModels(name, built.policy, built.reference, [built.policy, *built.extra])
 
 
 def yardsticks(profile: Profile, merged_dir: str | Path, quantize: str | None = None) -> dict[str, Reference]:

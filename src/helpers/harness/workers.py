@@ -1,7 +1,7 @@
 """Runs in parallel on Ray: local workers on this machine, or a cluster by address.
 
 Every run of a plan is independent (it builds its own arm from the inputs, trains, evaluates), so
-`run_all(..., workers=W)` hands the runs still to do to W Ray actors and lands each result on the driver as it
+`run_all(..., workers=W)` (helpers.harness.schedule) hands the runs still to do to W Ray actors and lands each result on the driver as it
 comes back (the same atomic write as in-process: results do not depend on where a run ran). Each actor holds
 the plan's `Inputs` (sent once, with cloudpickle) and loads the yardsticks once.
 
@@ -18,10 +18,15 @@ A worker that dies loses only the run it held: the other runs land, a new worker
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Callable
 
 import torch
+
+from .arms import yardsticks
+from .execute import execute
+from .trainers import TRAINERS, trainer_for
 
 FAULT = "TUTORIAL_TEST_WORKER_DIES_ON"  # tests only: a worker given this run label exits (a killed worker)
 
@@ -37,9 +42,7 @@ def resolve_workers(workers: int | str) -> int:
     if isinstance(workers, str) and workers.strip().isdigit():
         workers = int(workers)  # from the environment (make tutorial WORKERS=2)
     if workers == "auto":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("ray") is None:  # Ray is the optional `scale` extra
             return 1
         return 2 if cores() >= 2 and not torch.cuda.is_available() else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -59,20 +62,18 @@ class Worker:
         torch.set_num_threads(threads)
         self.inputs, self.sticks = inputs, None
 
-    def run(self, run) -> dict:
-        from .arms import yardsticks
-        from .runs import execute
-
+    def run(self, run, trainer) -> dict:
+        TRAINERS.setdefault(run.trainer, trainer)  # a trainer registered on the driver only (a notebook's, a test's)
         if os.environ.get(FAULT) == run.label:
             os._exit(1)
         src = self.inputs.sources
         self.sticks = self.sticks or yardsticks(src.profile, src.merged_dir, src.quantize)
-        return execute(run, self.inputs, self.sticks)
+        return execute(run, self.inputs, self.sticks, trainer=trainer)
 
 
 def start_ray():
     """Connect to $RAY_ADDRESS, or start Ray on this machine with one CPU slot per core."""
-    try:
+    try:  # here, not at the top: Ray is optional (the `scale` extra) and takes seconds to import
         import ray
     except ImportError as e:
         raise ImportError('WORKERS > 1 and RAY_ADDRESS need Ray: pip install "lora-rlhf-tutorial[scale]" '
@@ -99,7 +100,7 @@ def run_on_ray(todo: list, inputs, workers: int, land: Callable, gpus_per_run: f
     while queue or busy:
         while queue and pool:
             worker, run = pool.pop(), queue.pop(0)
-            busy[worker.run.remote(run)] = (run, worker)
+            busy[worker.run.remote(run, trainer_for(run.trainer))] = (run, worker)
         [ref], _ = ray.wait(list(busy), num_returns=1)
         run, worker = busy.pop(ref)
         try:

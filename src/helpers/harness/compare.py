@@ -1,10 +1,11 @@
 """Notebook 04: every reference-model choice side by side, in the tutorial's budget.
 
-The plan is a frozen value that yields one `Run` per (study, arm, seed) (helpers.runs); every arm runs with
+The plan is a frozen value that yields one `Run` per (study, arm, seed) (helpers.harness.run); every arm runs with
 the same prompts, reward, steps and hyperparameters, over seeds that are paired across arms. Two studies:
 "main" (the reward on, the profile's adaptive KL coefficient) and "penalty" (the reward off, for the pitfall
-and its control: what the KL penalty does on its own). The arms are in helpers.arms, the verdicts in
-helpers.verdicts; the full study with fixed KL coefficients, more seeds and more steps is helpers.study.
+and its control: what the KL penalty does on its own). The arms are in helpers.harness.arms, the verdicts
+in helpers.harness.verdicts; the full study with fixed KL coefficients, more seeds and more steps is
+helpers.harness.study.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .arms import ARMS, arm_table, build_arm, builder_source, check_arms, yardsticks  # noqa: F401  (04's API)
-from .artifacts import stage_dir, write_csv
-from .evaluation import t_interval  # noqa: F401
-from .ppo import PPOConfig, config_from_profile
-from .profiles import Profile
-from .runs import Inputs, Results, Run, check_count, inputs_from_outputs, run_all, seed_queries  # noqa: F401
-from .verdicts import CLAIMS, findings, readable, seeds_needed, verdict  # noqa: F401
+from ..artifacts import stage_dir, write_csv
+from ..ppo import PPOConfig, config_from_profile
+from ..profiles import Profile
+from ..provenance import check_count
+from .arms import ARMS, check_arms
+from .results import Results
+from .run import Inputs, Run
+from .schedule import run_all
 
 PENALTY_ARMS = ("adapter+disabled", "adapter+ref-adapter")
 
@@ -91,7 +93,7 @@ def comparison_configs(plan: Plan) -> dict[str, PPOConfig]:
 def run_comparison(runs: list[Run], inputs: Inputs, out: str | Path | None = None, force: bool = False,
                    progress: bool = False, workers: int | str = 1) -> Results:
     """Every run into `04_comparison/`: `runs/<study>/<arm>/seed<k>/`, the combined tables, and summary.csv.
-    `workers` > 1 runs them on that many Ray workers (helpers.workers)."""
+    `workers` > 1 runs them on that many Ray workers (helpers.harness.workers)."""
     folder = stage_dir(out, inputs.profile.name, "04_comparison")
     results = run_all(runs, inputs, folder, force=force, progress=progress, workers=workers)
     write_csv(folder / "summary.csv", results.summary())

@@ -19,16 +19,15 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .evaluation import t_interval
-from .runs import Results
+from ..evaluation import t_interval
+from .results import Results
 
 
 def seeds_needed(values, cap: int = 10_000) -> int | None:
     """Smallest number of seeds whose 95% interval, at the measured mean and spread, would exclude zero.
     None where the measured mean is zero or fewer than 2 seeds ran; `cap` means "more than cap"."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=float)
     if len(x) < 2 or np.mean(x) == 0:
         return None

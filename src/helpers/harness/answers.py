@@ -1,0 +1,70 @@
+"""The thread's four questions, each answered in one line from the study's verdicts, and the README's block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import project_root
+from .design import Design, power_check, study_claims
+from .study import load_study
+from .verdicts import findings
+
+
+def _summary(row) -> str:
+    """effect [95% interval] (verdict, n seeds); an equality claim's effect is its worst seed, no interval."""
+    no_interval = row["expected"] == "=" or row["ci_low"] in ("", None) or pd.isna(row["ci_low"])
+    ci = "" if no_interval else f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
+    return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {int(row['n_seeds'])} seeds)"
+
+
+def thread_answers(table: pd.DataFrame, design: Design) -> pd.DataFrame:
+    """The thread's four questions, each with a one-line answer composed from the findings table (`findings` of
+    `study_claims`): the effect, its 95% interval, the verdict and the number of paired seeds."""
+    t = table.set_index(["claim", "beta"])
+    mid = f"{design.middle:g}"
+
+    def row(claim, beta=mid):
+        return t.loc[(claim, beta)] if (claim, beta) in t.index else None
+
+    def say(claim, beta=mid, what=""):
+        r = row(claim, beta)
+        return f"{what}{_summary(r)}" if r is not None else f"{what}not run yet"
+
+    pull = "the pitfall pulls the policy towards the base"
+    answers = [
+        ("Why merge? (keep the SFT adapter, reference = adapters disabled = the base)",
+         say(pull, what=f"at β = {mid}, Δ KL to the base (nats/token), pitfall − control: ") + "; " +
+         say("the pitfall raises held-out IMDB perplexity", what="Δ perplexity: ") + "; " +
+         say(f"{pull}, more so at larger β", "slope", "slope of the pull per ×10 of β: ")),
+        ("Why not keep training the SFT adapter, with the SFT adapter as the reference?",
+         say("keeping the SFT adapter (right reference) reaches less reward at matched KL to SFT than merging",
+             what="held-out reward at matched KL to SFT, kept − merged: ") + "; " +
+         say("keeping the SFT adapter (right reference) gains less reward per step than merging",
+             what="gain per step: ")),
+        ("Does SFT first make RL converge faster than RL from the base?",
+         say("SFT first gains more held-out reward than RL from the base", what="reward gain, SFT first − base: ")
+         + "; " + say("SFT first reaches more reward at matched KL to its reference than RL from the base",
+                      what="at matched KL to each one's reference: ")),
+        ("Can I stack a new LoRA on the frozen SFT adapter instead of merging?",
+         say("stacking the SFT adapter under a new LoRA equals merging it",
+             what="largest relative difference from merged+disabled in any curve, worst seed: ")),
+    ]
+    return pd.DataFrame(answers, columns=["question", "answer from the study"])
+
+
+def readme_block(folder: str | Path) -> str:
+    """The README's study section, generated from a committed study (`make publish` writes it)."""
+    results, design, manifest = load_study(folder)
+    table = findings(results, study_claims(design))
+    answers = thread_answers(table, design)
+    when = manifest["sessions"][-1]["started"][:10] if manifest.get("sessions") else "?"
+    where = Path(folder).resolve().relative_to(project_root()) if project_root() else Path(folder)
+    lines = [f"From the committed study in `{where.as_posix()}/` (`{manifest['command']}`; "
+             f"{manifest['runs_done']} of {manifest['runs']} runs done, last session {when}, machines: "
+             f"{', '.join(manifest['machines'])}); rendered by "
+             f"[notebook 05](docs/notebooks/05_study.ipynb). Effects are 95% intervals over paired seeds.", "",
+             "| question | answer from the study |", "| --- | --- |"]
+    lines += [f"| {q} | {a} |" for q, a in answers.itertuples(index=False)]
+    lines += ["", power_check(results, design, manifest)]

@@ -1,0 +1,208 @@
+"""The figures of notebook 04 and the study (05): every arm in its one style from the arm registry; each
+returns a matplotlib Figure (saved with helpers.artifacts.save_figure)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..evaluation import t_interval
+from .arms import ARMS
+from .verdicts import paired_values
+
+
+def arm_style(arm: str) -> dict:
+    """The arm's line style from the one arm registry (helpers.harness.arms.ARMS); unknown arms get matplotlib's."""
+    return dict(ARMS[arm].style) if arm in ARMS else {}
+
+
+def seed_band(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per arm and step: mean over seeds and its 95% t-interval (low = high = mean for one seed)."""
+    rows = []
+    for (arm, step), group in table.dropna(subset=[column]).groupby(["arm", "step"], sort=False):
+        mean, low, high, n = t_interval(group[column])
+        rows.append({"arm": arm, "step": step, "mean": mean, "low": mean if n < 2 else low,
+                     "high": mean if n < 2 else high, "n": n})
+    return pd.DataFrame(rows)
+
+
+def _band_plot(ax, table: pd.DataFrame, column: str):
+    """Mean over seeds (n in the legend; n=1 is that seed's own curve), its 95% band, and each seed's value as a
+    small dot: with 3 seeds the t-band (t = 4.3) is wide, the dots show the spread it is made of."""
+    for arm, band in seed_band(table, column).groupby("arm", sort=False):
+        style = arm_style(arm)
+        n = band["n"].max()
+        seeds = sorted(table[table["arm"] == arm]["seed"].unique())
+        label = f"{arm} (n={n})" if n > 1 else f"{arm} (seed {seeds[0]} only)"
+        ax.plot(band["step"], band["mean"], label=label, markersize=5, **style)
+        if n > 1:
+            ax.fill_between(band["step"], band["low"], band["high"], color=style.get("color"), alpha=0.12, linewidth=0)
+            points = table[table["arm"] == arm].dropna(subset=[column])
+            ax.scatter(points["step"], points[column], s=9, color=style.get("color"), alpha=0.5, linewidths=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def comparison_curves(results):
+    """Every arm over training, mean over paired seeds with its 95% confidence band. Top: the held-out
+    evaluations (the same prompts for every arm): reward, and KL to the two yardsticks. Bottom: held-out
+    perplexity, then per training step on that step's rollouts: KL to the arm's own reference (what PPO
+    penalises) and the training batch's reward."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    panels = [
+        (results.evaluation, "reward_mean", "held-out reward", "reward (reward-model score)"),
+        (results.evaluation, "kl_sft_exact", "held-out KL to the SFT model (yardstick)", "KL per token (nats)"),
+        (results.evaluation, "kl_base_exact", "held-out KL to the base model (yardstick)", "KL per token (nats)"),
+        (results.evaluation, "perplexity", "held-out IMDB perplexity", "perplexity"),
+        (results.metrics, "kl_ref_exact", "KL to the arm's own reference (penalised; training rollouts)",
+         "KL per token (nats)"),
+        (results.metrics, "reward_mean", "training-batch reward (new prompts each step)",
+         "reward (reward-model score)"),
+    ]
+    for ax, (table, column, title, ylabel) in zip(axes.flat, panels):
+        if column in table:
+            _band_plot(ax, table, column)
+        ax.set(xlabel="PPO steps done", ylabel=ylabel, title=title)
+    axes[0, 0].legend(fontsize=8, loc="best")
+    fig.suptitle("Which reference model? Mean over paired seeds, shaded: 95% confidence interval")
+    fig.tight_layout()
+    return fig
+
+
+def penalty_alone(results):
+    """The reward switched off: only the KL penalty trains. Per evaluation: KL to the base, KL to the SFT
+    model, and perplexity (mean over seeds with its 95% band, and each seed)."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    for ax, column, title, ylabel in [(axes[0], "kl_base_exact", "KL to the base model", "KL per token (nats)"),
+                                      (axes[1], "kl_sft_exact", "KL to the SFT model", "KL per token (nats)"),
+                                      (axes[2], "perplexity", "held-out IMDB perplexity", "perplexity")]:
+        _band_plot(ax, results.evaluation, column)
+        ax.set(xlabel="PPO steps done (reward off)", ylabel=ylabel, title=title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("The penalty alone, reward off: where each reference takes the policy (held-out prompts)")
+    fig.tight_layout()
+    return fig
+
+
+def frontier(results):
+    """Held-out reward against KL per token to the SFT model at each evaluation (mean over paired seeds;
+    the intervals are in `comparison_curves`): what each arm pays, in drift from the SFT model, for its reward."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    x, y = seed_band(results.evaluation, "kl_sft_exact"), seed_band(results.evaluation, "reward_mean")
+    both = x.merge(y, on=["arm", "step"], suffixes=("_x", "_y"))
+    for arm, rows in both.groupby("arm", sort=False):
+        style = arm_style(arm)
+        ax.plot(rows["mean_x"], rows["mean_y"], label=arm, color=style.get("color"), marker=style.get("marker") or "o",
+                linestyle=style.get("linestyle", "-"), alpha=0.8, markersize=5)
+        last = rows.iloc[-1]
+        ax.annotate(f"step {int(last['step'])}", (last["mean_x"], last["mean_y"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4), color=style.get("color"))
+    ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
+           ylabel="held-out reward (reward-model score)",
+           title="Reward–KL frontier: each arm from step 0 (left) to its last evaluation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def memory_and_time(summary: pd.DataFrame):
+    """Per arm: weights held, memory grown while training (CPU RSS, or CUDA peak above the yardsticks),
+    and seconds per step (median, whiskers min-max over every seed's steps after the warm-up)."""
+    cuda = bool(summary["peak_cuda_bytes"].gt(0).any())
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    colors = [arm_style(a).get("color") for a in summary["arm"]]
+    axes[0].barh(summary["arm"], summary["model_bytes"] / 2**20, color=colors)
+    axes[0].set(xlabel="MiB", title="weights held: backbones + adapters + value head")
+    split = not cuda and summary.get("rss_file_growth_bytes", pd.Series(dtype=float)).notna().all()
+    if cuda or not split:
+        grown = summary["peak_cuda_bytes"] if cuda else summary["rss_growth_bytes"]
+        axes[1].barh(summary["arm"], grown / 2**20, color=colors)
+    else:  # the weights' memory-mapped file pages, paged in by the first forward, and what training made
+        file, anon = summary["rss_file_growth_bytes"] / 2**20, summary["rss_anon_growth_bytes"] / 2**20
+        axes[1].barh(summary["arm"], file, color=colors, alpha=0.45, label="file pages (the mapped weights)")
+        axes[1].barh(summary["arm"], anon, left=file, color=colors,
+                     label="anonymous (activations, gradients, Adam, allocator)")
+        # below the axis: inside it, the legend would hide the bottom arm's bar
+        axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+    axes[1].set(xlabel="MiB", title="peak CUDA memory above the yardsticks" if cuda
+                else "resident memory grown while training (CPU RSS)")
+    t = summary["step_time_s"]
+    axes[2].barh(summary["arm"], t, color=colors,
+                 xerr=[t - summary["step_time_min_s"], summary["step_time_max_s"] - t], capsize=3)
+    axes[2].set(xlabel="seconds per PPO step", title="time: median, whiskers min–max (warm-up step excluded)")
+    for ax in axes:
+        ax.invert_yaxis()
+    for ax in axes[1:]:
+        ax.set_yticklabels([])
+    fig.tight_layout()
+    return fig
+
+
+# --- the full study (notebook 05) ----------------------------------------------------------------------------
+
+
+def dose_response(results, claims, slopes: pd.DataFrame | None = None):
+    """Each of the pitfall's effects (arm minus control, per paired seed) against β: per-seed points, the mean
+    with its 95% interval, and the fitted slope per ×10 of β with its interval (from the findings table)."""
+    by_measure = {}
+    for c in claims:
+        if c.beta is not None and not c.over_beta and c.kind == "finding" and c.arm == "adapter+disabled":
+            by_measure.setdefault(c.measure, []).append(c)
+    fig, axes = plt.subplots(1, len(by_measure), figsize=(5.2 * len(by_measure), 3.9), squeeze=False)
+    for ax, (measure, cs) in zip(axes[0], by_measure.items()):
+        for i, c in enumerate(sorted(cs, key=lambda c: c.beta)):
+            unit, values = paired_values(results.select(c.study, c.beta), c)
+            if not len(values):
+                continue
+            jitter = c.beta * 10 ** (0.04 * (np.arange(len(values)) - (len(values) - 1) / 2) / max(len(values), 1))
+            ax.scatter(jitter, values, s=14, color="#d62728", alpha=0.45, linewidths=0,
+                       label="one paired seed" if i == 0 else None)
+            mean, low, high, n = t_interval(values)
+            if n > 1:
+                ax.errorbar([c.beta], [mean], yerr=[[mean - low], [high - mean]], color="black", marker="o",
+                            capsize=4, label="mean, 95% CI" if i == 0 else None)
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set_xscale("log")
+        title = cs[0].claim
+        if slopes is not None:
+            row = slopes[slopes["claim"].str.startswith(cs[0].claim)]
+            if len(row):
+                r = row.iloc[0]
+                title += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"
+        ax.set(xlabel="KL coefficient β (fixed, log scale)", ylabel=f"pitfall − control:\n{unit}", title=title)
+        ax.title.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle("Dose-response: the pitfall (reference = base) against its control (reference = SFT adapter)")
+    fig.tight_layout()
+    return fig
+
+
+def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...] = ("stacked",)):
+    """Held-out reward against KL per token to the SFT model, one line per (arm, β), a point per evaluation
+    (mean over the seeds every line ran, so that all lines are means over the same paired seeds: the recipe's
+    second-stage seeds are left out here; n in the legend). `stacked` ran fewer seeds than its twin, so its
+    mean would sit beside a mean of other seeds: its equality is a claim of the findings instead."""
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    e = results.select(study).evaluation
+    e = e[~e["arm"].isin(leave_out)]
+    if len(e):
+        common = set.intersection(*(set(g.seed) for _, g in e.groupby(["arm", "beta"])))
+        e = e[e.seed.isin(common)]
+    betas = sorted(e["beta"].dropna().unique())
+    widths = {b: 0.8 + 1.2 * i for i, b in enumerate(betas)}
+    for (arm, beta), g in e.groupby(["arm", "beta"], sort=False):
+        mean = g.groupby("step")[["kl_sft_exact", "reward_mean"]].mean()
+        style = arm_style(arm)
+        ax.plot(mean["kl_sft_exact"], mean["reward_mean"], color=style.get("color"),
+                marker=style.get("marker") or "o", linestyle=style.get("linestyle", "-"),
+                linewidth=widths[beta], markersize=4 + widths[beta], alpha=0.85,
+                label=f"{arm}, β={beta:g} (n={g.seed.nunique()})")
+    ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
+           ylabel="held-out reward (reward-model score)",
+           title="Reward–KL frontier: each line from step 0 (left) to the end; thicker = larger β")
+    if len(e):
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,92 @@
+"""The trainers the harness can run, one registry entry each: today PPO (helpers.ppo).
+
+The harness knows a trainer only through its entry: `fit` trains an arm's policy against the arm's
+reference and returns its per-step table; `beta` says which fixed KL coefficient a config runs at (None
+under an adaptive controller: the run's folder then has no beta<β> level); `check` refuses a config that
+cannot run; `fingerprint` is the config as the run's fingerprint records it. Adding a trainer is one module
+with its training loop and its config dataclass (with `steps`, `seed` and `response_len`), plus one entry in
+`TRAINERS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from ..ppo import LR_RATIOS, PPOConfig, ValueHead, train, trainable_parameters
+from ..provenance import check_count
+
+
+@dataclass
+class Fitted:
+    metrics: pd.DataFrame  # one row per training step (the trainer's own columns; `step` and `step_time_s` at least)
+    trained: list  # the parameters it trained (their count and hash go into the run's summary)
+    holds: list  # modules the trainer added to the arm (a value head), counted in the arm's memory
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """What the harness needs of a trainer. `fit(arm, tokenizer, queries, reward_fn, config, evaluator,
+    progress) -> Fitted`, where `arm` has `.policy` and `.reference` (helpers.harness.arms.ArmModels)."""
+
+    config: type
+    fit: Callable[..., Fitted]
+    beta: Callable[[object], float | None]
+    check: Callable[[object], None]
+    fingerprint: Callable[[object], dict]
+
+
+# --- PPO (helpers.ppo) ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOArm:
+    """An arm (helpers.harness.arms.ArmModels) with PPO's value head: what `helpers.ppo.train` takes."""
+
+    policy: object
+    value_head: ValueHead
+    reference: object
+
+
+def ppo_arm(arm, seed: int) -> PPOArm:
+    """The arm with a value head on its policy's last hidden state, initialised from `seed` (whatever ran before
+    in this process)."""
+    torch.manual_seed(seed)
+    value_head = ValueHead(arm.policy.get_base_model().config.hidden_size).to(arm.policy.device)
+    return PPOArm(arm.policy, value_head, arm.reference)
+
+
+def fit_ppo(arm, tokenizer, queries, reward_fn, config: PPOConfig, evaluator, progress: bool = False) -> Fitted:
+    a = ppo_arm(arm, config.seed)
+    metrics = train(a.policy, a.value_head, a.reference, tokenizer, queries, reward_fn, config,
+                    evaluator=evaluator, progress=progress)
+    return Fitted(metrics, trainable_parameters(a.policy, a.value_head), [a.value_head])
+
+
+def check_ppo(config: PPOConfig) -> None:
+    check_count("steps", config.steps)
+    if not config.init_kl_coef >= 0:
+        raise ValueError(f"the KL coefficient β must be >= 0, not {config.init_kl_coef!r}")
+
+
+def ppo_fingerprint(config: PPOConfig) -> dict:
+    d = asdict(config)
+    for ratio in LR_RATIOS:  # absent at TRL's one learning rate, as before these settings existed: runs
+        if d[ratio] == 1:  # made before them keep their fingerprints
+            del d[ratio]
+    return d
+
+
+TRAINERS: dict[str, Trainer] = {
+    "ppo": Trainer(PPOConfig, fit_ppo, beta=lambda c: None if c.adaptive_kl else c.init_kl_coef, check=check_ppo,
+                   fingerprint=ppo_fingerprint),
+}
+
+
+def trainer_for(name: str) -> Trainer:
+    if name not in TRAINERS:
+        raise ValueError(f"Unknown trainer {name!r}; valid trainers: {', '.join(TRAINERS)}")
+    return TRAINERS[name]
