@@ -1,7 +1,8 @@
 # Two commands do all the set-up themselves:
 #   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 05 with papermill
 #                 [DTYPE=float32|bfloat16|auto]       (default: the profile's dtype)
-#   make test                                          install and run the test suite
+#   make test                                          install and run the test suite (what CI runs)
+#   make test-fast                                     the unit tests only (no notebooks): the inner loop
 # and, around them:
 #   make study [PROFILE=smol] [WORKERS=auto]           the full study (hours on 2 CPU cores; resumable) into
 #                                                      docs/study/<profile>/, rendered by notebook 05;
@@ -33,7 +34,7 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 LATEST_VENV ?= .venv-latest
 
-.PHONY: install tutorial test study lab publish test-latest clean
+.PHONY: install tutorial test test-fast study lab publish test-latest clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -53,12 +54,16 @@ tutorial: install
 test: install
 	$(PY) -m pytest -q tests
 
+# the unit tests alone: no notebook runs, no minutes-long training (under 2 minutes on 2 cores)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not notebooks" tests
+
 # The study's SFT adapter is committed with it (docs/study/<profile>/inputs/); the first run takes it from
 # notebook 01's output, made here if missing.
 study: install
 	test -d docs/study/$(PROFILE)/inputs/sft_adapter || test -d $(OUTPUT_DIR)/$(PROFILE)/01_sft/adapter || \
 		$(MAKE) tutorial NOTEBOOKS=01_sft_lora
-	PROFILE=$(PROFILE) $(PY) -m helpers.harness.study --profile $(PROFILE) --out $(OUTPUT_DIR) --workers $(WORKERS)
+	$(PY) -m helpers.harness.study --profile $(PROFILE) --out $(OUTPUT_DIR) --workers $(WORKERS) $(if $(DTYPE),--dtype $(DTYPE))
 
 # jupyter refuses to run as root without --allow-root (containers, CI)
 lab: install

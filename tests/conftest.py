@@ -91,3 +91,11 @@ def tiny_base(tiny):
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that read the notebooks' outputs on `tiny` (the papermill chain 01 -> 05, minutes) are marked
+    `notebooks`: `make test-fast` leaves them out with the `slow` ones."""
+    for item in items:
+        if "tiny_outputs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.notebooks)

@@ -195,8 +195,21 @@ def test_memory(tables):
     for arm in ("adapter+ref-adapter", "stacked", "adapter+disabled", "base+disabled"):
         assert s.loc[arm, "backbones"] == 1 and s.loc[arm, "model_bytes"] / one < 1.1
     assert s.loc["adapter+ref-adapter", "model_bytes"] > s.loc["adapter+disabled", "model_bytes"]  # the extra adapter
-    assert (s.trainable_params > 0).all() and (s.rss_growth_bytes >= 0).all()
-    assert (s.step_time_min_s <= s.step_time_s).all() and (s.step_time_s <= s.step_time_max_s).all()
+    assert (s.trainable_params > 0).all()
+
+
+def test_the_summary_takes_the_median_run_and_the_extremes_over_seeds():
+    """One row per arm: the median of the runs' median step times, the smallest min and the largest max,
+    the largest weights held (helpers.harness.results.Results.summary)."""
+    runs = pd.DataFrame({"study": "main", "arm": ["a"] * 3 + ["b"], "beta": float("nan"), "seed": [0, 1, 2, 0],
+                         "backbones": 1, "model_bytes": [10, 12, 11, 5], "rss_growth_bytes": [1, 9, 4, 2],
+                         "peak_cuda_bytes": 0, "trainable_params": 7, "step_time_median_s": [1.0, 3.0, 2.5, 4.0],
+                         "step_time_min_s": [0.5, 2.0, 2.2, 3.0], "step_time_max_s": [1.5, 6.0, 2.8, 5.0]})
+    empty = runs.iloc[:0]
+    s = Results(empty, empty, empty, runs).summary().set_index("arm")
+    assert s.loc["a", ["seeds", "model_bytes", "rss_growth_bytes", "step_time_s", "step_time_min_s",
+                       "step_time_max_s"]].tolist() == [3, 12, 4, 2.5, 0.5, 6.0]
+    assert s.loc["b", "step_time_s"] == 4.0 and s.loc["b", "seeds"] == 1
 
 
 @pytest.mark.slow

@@ -175,6 +175,7 @@ def final_evaluation(tiny, tokenizer, sft, data, seed: int, on_reference_path: b
         return evaluator.table().iloc[-1].to_dict()
 
 
+@pytest.mark.slow
 def test_whole_runs_on_the_fast_path_are_equivalent_to_the_reference_path(tiny, tokenizer, tiny_sft):
     data = _queries(tiny, tokenizer, 256, "train"), _queries(tiny, tokenizer, 16), load_reward(tiny)
     runs = {path: [final_evaluation(tiny, tokenizer, tiny_sft, data, seed, path == "reference") for seed in range(SEEDS)]

@@ -20,7 +20,6 @@ import pytest
 import torch
 from conftest import ROOT, random_sft, smol_with_lora
 
-import helpers.ppo
 from helpers import sampling
 from helpers.data import load_imdb, ppo_queries
 from helpers.evaluation import Evaluator
@@ -48,17 +47,18 @@ def tiny_run(tiny, tokenizer, out, monkeypatch, replay: list | None = None) -> d
     queries = ppo_queries(load_imdb(tiny)["train"]["text"], tokenizer, n=64, seed=0)
     tokens = []
     replayed = iter(replay or [])
+    generate = sampling.generate_tokens  # every rollout (training and evaluation) calls it in helpers.sampling
 
     def recording(model, query_ids, query_mask, max_new, eos_ids, pad, keep_logits=False):
         if replay is None:
-            generated = sampling.generate_tokens(model, query_ids, query_mask, max_new, eos_ids, pad, keep_logits)
+            generated = generate(model, query_ids, query_mask, max_new, eos_ids, pad, keep_logits)
         else:
             recorded = torch.tensor(next(replayed), device=query_ids.device)
             generated = sampling.teacher_forced(model, query_ids, query_mask, recorded, keep_logits)
         tokens.append(generated.tokens.tolist())
         return generated
 
-    monkeypatch.setattr(helpers.ppo, "generate_tokens", recording)
+    monkeypatch.setattr(sampling, "generate_tokens", recording)
     arm = ppo_arm(build_arm("merged+disabled", tiny, adapter, merged_dir), seed=0)
     evaluator = Evaluator(tokenizer, queries[-4:], vader_reward(), tiny.response_len, every=1,
                           yardsticks=yardsticks(tiny, merged_dir))
@@ -86,6 +86,16 @@ def assert_close_numbers(got: dict, want: dict) -> None:
             g, w = [v for col in sorted(g) for v in g[col]], [v for col in sorted(w) for v in w[col]]
         assert len(g) == len(w), f"{key}: {len(g)} values, recorded {len(w)}"
         assert g == pytest.approx(w, rel=1e-3, abs=1e-5), key
+
+
+def test_the_fixture_comparison_fails_on_a_changed_number_column_or_length():
+    want = {"metrics": {"kl": [0.1, 0.2]}, "evaluation": {"reward_mean": [1.0]}, "lora_B_sums": [1.0],
+            "value_head": [0.5]}
+    assert_close_numbers(want, want)
+    for broken in ({**want, "metrics": {"kl": [0.1, 0.21]}}, {**want, "metrics": {"kl_exact": [0.1, 0.2]}},
+                   {**want, "value_head": [0.5, 0.1]}, {**want, "lora_B_sums": [1.01]}):
+        with pytest.raises(AssertionError):
+            assert_close_numbers(broken, want)
 
 
 def test_tiny_ppo_run_matches_the_fixture(tiny, tokenizer, tmp_path, monkeypatch):

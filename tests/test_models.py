@@ -54,6 +54,7 @@ def test_perplexity_ignores_padding(tiny, tiny_base, tokenizer):
     assert together == pytest.approx(one_by_one, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_gguf_conversion_round_trip(tmp_path):
     """The converted safetensors checkpoint gives the same logits as transformers' GGUF loader."""
     from transformers import AutoModelForCausalLM

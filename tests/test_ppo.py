@@ -200,6 +200,7 @@ def test_non_finite_reward_stops_with_the_step_and_quantity(tiny, tokenizer, que
               progress=False)
 
 
+@pytest.mark.slow
 def test_the_loop_learns_a_verifiable_reward(tiny, tokenizer):
     """A paired design: the same seed trains once on +r and once on -r, r = the fraction of ' the' tokens.
     If PPO follows its reward, the +r policy says ' the' more often than the -r policy. The margin is

@@ -268,6 +268,8 @@ def test_a_new_setting_is_a_new_study_version_and_the_committed_one_is_kept(tmp_
     study.check_same_setting(smol, root)  # the same settings: resumes
     with pytest.raises(ValueError, match=r"learning_rate: .* -> .*study_version"):
         study.check_same_setting(replace(smol, ppo_lr=smol.ppo_lr * 2), root)
+    with pytest.raises(ValueError, match=r"dtype: float32 -> bfloat16.*study_version"):  # `make study DTYPE=...`
+        study.check_same_setting(replace(smol, dtype="bfloat16"), root)
 
 
 def test_the_power_calculation_takes_the_tunings_spread_over_seeds(tmp_path):

@@ -68,3 +68,4 @@ def readme_block(folder: str | Path) -> str:
              "| question | answer from the study |", "| --- | --- |"]
     lines += [f"| {q} | {a} |" for q, a in answers.itertuples(index=False)]
     lines += ["", power_check(results, design, manifest)]
+    return "\n".join(lines)

@@ -323,5 +323,5 @@ if __name__ == "__main__":
         run = Path(sys.argv[1]).parent  # outputs/<profile>/notebooks -> outputs/<profile>
         results = publish_results(run, tutorial_dir(run.name), f"make tutorial PROFILE={run.name}")
         print(f"{results}: the run's result files")
-        changed = update_readme(sys.argv[3], study_dir("smol"), tutorial_dir("smol"))
+        changed = update_readme(sys.argv[3], study_dir(run.name), tutorial_dir(run.name))
         print("README's generated blocks", "regenerated" if changed else "unchanged")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -46,7 +47,7 @@ import pandas as pd
 from ..artifacts import project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
 from ..data import load_imdb, perplexity_reviews, ppo_queries
 from ..merge import merge_adapter, save_merged
-from ..models import load_tokenizer
+from ..models import compute_dtype, load_tokenizer
 from ..ppo import config_from_profile
 from ..profiles import Profile, get_profile
 from ..provenance import check_count, content_hash, where_it_ran
@@ -190,7 +191,8 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
     ran = results.runs
     manifest.update({
-        "command": command, "profile": profile.name, "design": _jsonable(design), "sizing": sizing,
+        "command": command, "profile": profile.name, "dtype": dtype_name(profile), "design": _jsonable(design),
+        "sizing": sizing,
         "runs": len(runs), "runs_done": int(len(ran)),
         "compute_s": float(ran["total_time_s"].sum()) if len(ran) else 0.0,
         "commits": sorted(set(ran["commit"].astype(str))) if len(ran) else [],
@@ -205,14 +207,20 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     return results
 
 
+def dtype_name(profile: Profile) -> str:
+    return str(compute_dtype(profile)).removeprefix("torch.")
+
+
 def check_same_setting(profile: Profile, folder: Path) -> None:
-    """A study folder holds one PPO setting: a profile whose settings differ from the committed manifest's
-    is refused (with what differs), instead of replacing its runs one by one."""
+    """A study folder holds one PPO setting and dtype: a profile whose settings differ from the committed
+    manifest's is refused (with what differs), instead of replacing its runs one by one."""
     manifest = folder / "manifest.json"
     if not manifest.exists():
         return
-    committed = {k: v for k, v in read_json(manifest)["design"]["ppo"].items() if k != "steps"}
+    m = read_json(manifest)
+    committed = {k: v for k, v in m["design"]["ppo"].items() if k != "steps"}
     current = {k: v for k, v in _jsonable_ppo(config_from_profile(profile, adaptive_kl=False)).items() if k != "steps"}
+    committed["dtype"], current["dtype"] = m.get("dtype", "float32"), dtype_name(profile)  # fp32 before it was recorded
     changed = {k: (committed.get(k), current.get(k)) for k in set(committed) | set(current)
                if json.dumps(committed.get(k)) != json.dumps(current.get(k))}
     if changed:
@@ -255,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                              '"auto" (default): 2 on a CPU machine with Ray installed, else 1')
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite findings, figures and manifest from the runs that landed")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | auto (default: $TUTORIAL_DTYPE, else the "
+                        "profile's); a dtype other than the committed study's is a new version (Profile.study_version)")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile).with_overrides(dtype=args.dtype or os.environ.get("TUTORIAL_DTYPE") or None)
     run_study(profile, args.study_dir, args.out, force=args.force, execute=not args.report_only,
               command="make study" + (f" PROFILE={profile.name}" if args.profile else ""), workers=args.workers)
     return 0
