@@ -80,5 +80,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes) "
 	$(LATEST_VENV)/bin/python -m pytest -q tests
 
+# only what the project made, by its default names: never $(OUTPUT_DIR) or $(VENV), which a user may have
+# exported to a folder of their own
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .venv-trl112 $(OUTPUT_DIR)
+	rm -rf -- "./.venv" "./.venv-latest" "./.venv-trl112" "./outputs"

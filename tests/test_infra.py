@@ -1,11 +1,15 @@
 """Project plumbing: which library messages `import helpers` hides (only named ones) and where outputs go."""
 
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
+
+from helpers import get_profile
 
 SHOW_WARNINGS = """
 import logging, warnings
@@ -185,3 +189,55 @@ def test_the_rss_peak_sees_an_allocation_and_leaves_out_what_it_is_told_to():
     with RssPeak() as quiet:
         quiet.unmeasured(touch)()
     assert quiet.growth < 16 * 2**20, quiet.growth
+
+
+def test_content_hashes_leave_out_dotfiles(tmp_path):
+    """A .DS_Store (a Finder visit) beside a committed adapter changes no fingerprint; a changed file does."""
+    from helpers.provenance import content_hash
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    before = content_hash(tmp_path / "adapter")
+    (tmp_path / "adapter" / ".DS_Store").write_bytes(b"finder")
+    (tmp_path / "adapter" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "adapter" / ".ipynb_checkpoints" / "x").write_bytes(b"x")
+    assert content_hash(tmp_path / "adapter") == before
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert content_hash(tmp_path / "adapter") != before
+
+
+def test_make_clean_deletes_only_what_the_project_made(tmp_path):
+    """`make clean` with OUTPUT_DIR and VENV exported to folders of the user's (one with a space) names neither."""
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "my out"), "VENV": str(tmp_path / "mine")}
+    said = subprocess.run(["make", "-n", "clean"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0, said.stderr
+    assert str(tmp_path) not in said.stdout and "my" not in said.stdout.split()
+    assert '"./outputs"' in said.stdout and '"./.venv"' in said.stdout
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: __import__("helpers.ppo", fromlist=["x"]).PPOConfig(steps=0), "steps must be an integer >= 1, not 0"),
+    (lambda: __import__("helpers.ppo", fromlist=["x"]).config_from_profile(get_profile("tiny"), seed=-1),
+     "seed must be an integer >= 0, not -1"),
+    (lambda: __import__("helpers.ppo", fromlist=["x"]).PPOConfig(mini_batch_size=32, batch_size=16),
+     r"mini_batch_size \(32\) must be at most batch_size \(16\)"),
+    (lambda: __import__("helpers.sft", fromlist=["x"]).train_sft(get_profile("tiny"), None, None, [], steps=0),
+     "STEPS must be an integer >= 1, not 0"),
+    (lambda: __import__("helpers.sft", fromlist=["x"]).train_sft(get_profile("tiny"), None, None, [], steps=-5),
+     "STEPS must be an integer >= 1, not -5"),
+    (lambda: get_profile("tiny").with_overrides(study_eval_points=1), "study_eval_points must be a number >= 2"),
+    (lambda: get_profile("tiny").with_overrides(ppo_lr=-1e-3), "ppo_lr must be a number > 0"),
+])
+def test_every_input_is_checked_where_it_enters(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_the_cache_folder_is_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    from helpers.checkpoints import cache_dir
+
+    monkeypatch.setenv("TUTORIAL_CACHE", "relative-cache")
+    monkeypatch.chdir(tmp_path)
+    assert cache_dir() == tmp_path / "relative-cache"
+    monkeypatch.setenv("TUTORIAL_CACHE", "~/c")
+    assert cache_dir() == Path.home() / "c"

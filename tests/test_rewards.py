@@ -133,3 +133,20 @@ def test_ppo_with_a_reward_model_of_another_tokenizer(tiny_classifier, tiny, tok
     metrics = train(policy, ValueHead(tiny_base.config.hidden_size), DisabledAdapters(policy), tokenizer, queries,
                     classifier_reward(str(tiny_classifier)), config_from_profile(tiny, steps=2), progress=False)
     assert metrics.reward_mean.notna().all() and metrics.reward_std.gt(0).all()
+
+
+def test_a_hub_reward_model_loads_from_safetensors_only(tiny_classifier, tmp_path):
+    """The same classifier saved as a pickled pytorch_model.bin (no safetensors) is refused, not unpickled."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_classifier, pickled)
+    (pickled / "model.safetensors").unlink()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # the pickle a safetensors-only load must refuse
+    assert classifier_reward(str(tiny_classifier))(["fine"]).shape == (1,)
+    assert pipeline("text-classification", model=str(pickled))  # without the keyword, the pickle would load
+    with pytest.raises((OSError, ValueError), match="safetensors"):
+        classifier_reward(str(pickled))

@@ -175,6 +175,30 @@ def test_a_rerun_resumes_and_skips_every_landed_run(tiny_study, tiny_outputs, ca
     assert read_json(folder / "manifest.json")["missing"] == []
 
 
+@pytest.mark.slow
+def test_a_committed_study_survives_dotfiles_reports_and_changed_settings(tiny_study, tiny_outputs, tmp_path, capsys):
+    """Fault injection on a copy of a finished study: a .DS_Store beside the committed SFT adapter, a report,
+    a run folder's settings changed, a report with nothing landed. Every combined table stays byte-identical;
+    each refusal says what to do."""
+    folder = tmp_path / "study"
+    shutil.copytree(tiny_study[0], folder)
+    tables = lambda: {f.name: f.read_bytes() for f in sorted(folder.glob("*.csv"))}  # noqa: E731
+    before = tables()
+    tiny = get_profile("tiny")
+    (folder / "inputs" / "sft_adapter" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    report = run_study(tiny, folder, out=tiny_outputs, execute=False)
+    assert len(report.runs) == len(tiny_study[1].runs) and tables() == before
+    with pytest.raises(ValueError, match=r"other PPO settings \(learning_rate.*study_version"):
+        run_study(replace(tiny, ppo_lr=tiny.ppo_lr / 2), folder, out=tiny_outputs)
+    other = replace(tiny, study_eval_points=3)  # every run's evaluation spacing changes: its fingerprint too
+    with pytest.raises(ValueError, match=r"\d+ of \d+ runs in .* were made with other settings.*--force replaces"):
+        run_study(other, folder, out=tiny_outputs)
+    assert tables() == before
+    capsys.readouterr()
+    run_study(other, folder, out=tiny_outputs, execute=False)  # nothing of this design has landed
+    assert "nothing written" in capsys.readouterr().out and tables() == before
+
+
 # --- the β = 0 null control -------------------------------------------------------------------------------
 
 

@@ -171,3 +171,49 @@ def test_a_second_trainer_is_one_registry_entry_and_runs_through_the_harness(tin
     assert results.evaluation.kl_ref_exact[results.evaluation.step == 2].gt(0).all()  # the nudges moved the policy
     with pytest.raises(ValueError, match="Unknown trainer 'grpo'; valid trainers: ppo, nudge"):
         Run("stand-in", "merged+disabled", 0, NudgeConfig(), inputs.eval_reward, 1, trainer="grpo")
+
+
+# --- Ray that fits the machine ---------------------------------------------------------------------------------
+
+
+def test_workers_are_capped_by_the_free_slots_and_the_cap_is_said():
+    from helpers.harness.workers import capped_workers
+
+    assert capped_workers(3, {"CPU": 2.0}, 1, 1.0) == (2, "2 Ray workers (asked for 3; 2 free CPUs, 1 per worker)")
+    assert capped_workers(2, {"CPU": 16.0}, 8, 1.0)[0] == 2
+    assert capped_workers(2, {"CPU": 2.0, "GPU": 1.0}, 1, 1.0)[0] == 1  # a Colab GPU: one run at a time
+    assert capped_workers(4, {"GPU": 1.0}, 1, 0.5)[0] == 2  # two small runs share it
+    with pytest.raises(RuntimeError, match="no free slot.*WORKERS = 1"):
+        capped_workers(2, {"CPU": 0.0}, 1, 1.0)
+
+
+def test_an_address_that_points_nowhere_fails_in_seconds_before_any_work(monkeypatch):
+    from helpers.harness.workers import check_reachable
+
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="127.0.0.1:9.*unset RAY_ADDRESS"):
+        check_reachable("127.0.0.1:9")
+    with pytest.raises(ConnectionError, match="nothing answers"):
+        check_reachable("ray://127.0.0.1:9")
+    assert time.perf_counter() - start < 12
+    with pytest.raises(ValueError, match="host:port"):
+        check_reachable("nowhere")
+
+
+@needs_ray
+@pytest.mark.slow
+def test_more_workers_than_slots_finish_every_run_and_ray_address_needs_workers(tiny_plan, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """3 workers on 2 cores: capped to what Ray has free, every run lands, no hang. With WORKERS = 1 an
+    unreachable $RAY_ADDRESS is never touched; with WORKERS = 2 it fails at once."""
+    inputs, runs = tiny_plan
+    if ray.is_initialized():
+        ray.shutdown()
+    results = run_all(runs[:3], inputs, tmp_path / "three", workers=3)
+    assert len(results.runs) == 3 and "asked for 3" in capsys.readouterr().out
+    ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    assert len(run_all(runs[:1], inputs, tmp_path / "three").runs) == 1  # skipped, in-process: no Ray at all
+    with pytest.raises(ConnectionError, match="nothing answers"):
+        run_all(runs[:1], inputs, tmp_path / "one", workers=2)
+    assert not (tmp_path / "one" / "runs").exists()

@@ -30,7 +30,9 @@ TINY_PRETRAIN_STEPS = 80
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TUTORIAL_CACHE") or Path.home() / ".cache" / "lora-rlhf-tutorial")
+    """$TUTORIAL_CACHE made absolute (`~` expanded): a relative value would give notebooks/, the project root and
+    each Ray worker a cache of their own, converting the same GGUF side by side."""
+    return Path(os.environ.get("TUTORIAL_CACHE") or Path.home() / ".cache" / "lora-rlhf-tutorial").expanduser().resolve()
 
 
 # --- the offline SmolLM2 checkpoint -------------------------------------------------------------

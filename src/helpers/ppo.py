@@ -73,6 +73,7 @@ from .ppo_math import (
     value_loss,
     whiten,
 )
+from .provenance import check_count
 from .reference import Reference
 from .sampling import Rollout, rollout
 
@@ -107,6 +108,20 @@ class PPOConfig:
     # by its own gradient, so vf_coef cannot speed up the head (only its learning rate can).
     value_lr_ratio: float = 1.0
     seed: int = 0
+
+    def __post_init__(self):  # checked where it enters: 03's STEPS = 0 or SEED = -1 fail here, saying what is valid
+        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs"):
+            check_count(name, getattr(self, name))
+        check_count("seed", self.seed, minimum=0)
+        if self.mini_batch_size > self.batch_size:
+            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be at most batch_size ({self.batch_size})")
+        for name in ("learning_rate", "lora_b_lr_ratio", "value_lr_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if not self.init_kl_coef >= 0:
+            raise ValueError(f"the KL coefficient β (init_kl_coef) must be >= 0, not {self.init_kl_coef!r}")
+        if not 1 <= self.response_len[0] <= self.response_len[1]:
+            raise ValueError(f"response_len must be (low, high) with 1 <= low <= high, not {self.response_len}")
 
 
 # the metrics columns that measure the machine, not the run: they differ between identical runs

@@ -8,11 +8,14 @@ notebooks stay in step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 DEFAULT_PROFILE = "smol"
+# numeric fields that may be 0 (every other integer must be >= 1 and every float > 0, unless MINIMUM says)
+ZERO_ALLOWED = {"penalty_steps", "comparison_side_seeds", "comparison_side_steps", "study_side_seeds", "lora_dropout"}
+MINIMUM = {"study_eval_points": 2}  # a gain needs an evaluation before and after
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,20 @@ class Profile:
         if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
             raise ProfileError(f"Profile {self.name!r}: unknown dtype {self.dtype!r}; valid: float32, bfloat16, "
                                f"float16 (CUDA only), auto")
+        for f in fields(self):  # every number where it enters, with its valid range in the message
+            value = getattr(self, f.name)
+            if f.name in ZERO_ALLOWED or value is None or isinstance(value, (str, bool, tuple)):
+                continue
+            low = MINIMUM.get(f.name, 1 if isinstance(value, int) else 0)
+            if not isinstance(value, (int, float)) or not (value >= low if isinstance(value, int) else value > low):
+                raise ProfileError(f"Profile {self.name!r}: {f.name} must be a number "
+                                   f"{'>=' if isinstance(value, int) else '>'} {low}, not {value!r}")
+        if self.ppo_mini_batch_size > self.ppo_batch_size:
+            raise ProfileError(f"Profile {self.name!r}: ppo_mini_batch_size ({self.ppo_mini_batch_size}) must be at most "
+                               f"ppo_batch_size ({self.ppo_batch_size})")
+        if not 1 <= self.response_len[0] <= self.response_len[1]:
+            raise ProfileError(f"Profile {self.name!r}: response_len must be (low, high) with 1 <= low <= high, "
+                               f"not {self.response_len}")
 
     def for_device(self) -> "Profile":
         """On a machine with a CUDA GPU, the profile with its CUDA schedule for notebook 03 (if it has one)."""

@@ -25,12 +25,14 @@ def check_count(name: str, value, minimum: int = 1) -> int:
 
 
 def content_hash(*items) -> str:
-    """sha256 of files (by content, folders file by file in name order) and JSON-able values."""
+    """sha256 of files (by content, folders file by file in name order, dotfiles left out) and JSON-able values."""
     h = hashlib.sha256()
     for item in items:
         if isinstance(item, Path):
             for f in sorted(item.rglob("*")) if item.is_dir() else [item]:
-                if f.is_file():
+                # dotfiles (.DS_Store, .ipynb_checkpoints) are not content: a Finder visit must not change a hash
+                hidden = item.is_dir() and any(part.startswith(".") for part in f.relative_to(item).parts)
+                if f.is_file() and not hidden:
                     h.update(str(f.relative_to(item) if item.is_dir() else f.name).encode())
                     with open(f, "rb") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -53,7 +53,10 @@ def classifier_reward(model_name_or_path: str, label: str = "POSITIVE", batch_si
     """The raw logit of `label` from a text-classification pipeline (function_to_apply="none")."""
     if device is None:
         device = 0 if torch.cuda.is_available() else -1
-    classifier = pipeline("text-classification", model=model_name_or_path, device=device, use_safetensors=True)
+    # safetensors only: `use_safetensors` goes to the model loader through model_kwargs (given to pipeline()
+    # itself, transformers 5.24 hands it to the tokenizer and would still load a pickled pytorch_model.bin)
+    classifier = pipeline("text-classification", model=model_name_or_path, device=device,
+                          model_kwargs={"use_safetensors": True})
     names = classifier.model.config.id2label.values()
     if label not in names:
         raise ValueError(f"{model_name_or_path} has no label {label!r}; its labels are {sorted(names)}")

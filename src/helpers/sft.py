@@ -18,6 +18,7 @@ from trl import SFTConfig, SFTTrainer
 from .artifacts import atomic_dir, write_json
 from .models import lora_config, perplexity
 from .profiles import Profile
+from .provenance import check_count
 
 EVAL_POINTS = 5  # measurements after step 0: enough to see the trend; on a small slice they stay cheap
 
@@ -45,7 +46,7 @@ class HeldoutPerplexity(TrainerCallback):
 
 def sft_config(profile: Profile, steps: int | None = None, seed: int = 0, output_dir: str = "unused") -> SFTConfig:
     """TRL's settings for the adapter's training: a constant learning rate, one pass over the reviews."""
-    steps = steps or profile.sft_steps
+    steps = profile.sft_steps if steps is None else check_count("STEPS", steps)  # 0 or -1: an error, not a default
     return SFTConfig(
         output_dir=output_dir,
         max_steps=steps,
@@ -86,7 +87,7 @@ def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, 
     Returns the PEFT model, the logged training losses, and the held-out perplexity curve of `eval_texts`
     (a DataFrame with `step` and `perplexity`; empty without `eval_texts`).
     """
-    steps = steps or profile.sft_steps
+    steps = profile.sft_steps if steps is None else check_count("STEPS", steps)  # 0 or -1: an error, not a default
     callbacks = []
     if eval_texts is not None and len(eval_texts):
         callbacks.append(HeldoutPerplexity(tokenizer, eval_texts, profile.sft_seq_len,

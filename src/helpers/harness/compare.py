@@ -87,7 +87,8 @@ def plan_from_profile(profile: Profile, arms: list[str] | None = None, seed: int
 
 def comparison_configs(plan: Plan) -> dict[str, PPOConfig]:
     """The PPO settings of each study (the same for every arm), with the plan's steps."""
-    return {"main": replace(plan.main, steps=plan.steps), "penalty": replace(plan.penalty, steps=plan.penalty_steps)}
+    penalty = {"penalty": replace(plan.penalty, steps=plan.penalty_steps)} if plan.penalty_steps else {}  # 0: skipped
+    return {"main": replace(plan.main, steps=plan.steps), **penalty}
 
 
 def run_comparison(runs: list[Run], inputs: Inputs, out: str | Path | None = None, force: bool = False,

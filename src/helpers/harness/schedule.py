@@ -71,12 +71,15 @@ def _notebook_line():
 
 
 def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = False, progress: bool = False,
-            combined: tuple[str, ...] = TABLES, run_missing: bool = True, workers: int | str = 1) -> Results:
+            combined: tuple[str, ...] = TABLES, run_missing: bool = True, workers: int | str = 1,
+            keep_changed: bool = False) -> Results:
     """Execute every run not yet done with its fingerprint; each lands in `folder/runs/...` in one atomic
     step, and the combined tables named in `combined` are rewritten after each. `run_missing=False` runs
-    nothing: the results are the runs that have landed with their fingerprint. `workers` > 1 (or
-    $RAY_ADDRESS set) runs them on Ray (helpers.harness.workers; "auto": 2 on a CPU machine with Ray, else 1); the
-    driver writes every file either way."""
+    nothing: the results are the runs that have landed with their fingerprint. `workers` > 1 runs them on Ray
+    ($RAY_ADDRESS's cluster if set) (helpers.harness.workers; "auto": 2 on a CPU machine with Ray, else 1); the
+    driver writes every file either way. `keep_changed=True` (a committed study): runs made with other
+    settings are refused instead of replaced, unless `force`. With nothing landed, `run_missing=False` writes
+    no table (a report never replaces results with empty tables)."""
     folder = Path(folder)
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
@@ -93,6 +96,11 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
             log.pending(run, why)
         else:
             todo[run.label] = (run, fingerprint, why)
+    changed = [r for r, _, why in todo.values() if why.startswith("settings changed")]
+    if keep_changed and changed and not force:
+        raise ValueError(f"{len(changed)} of {len(runs)} runs in {folder} were made with other settings (first: "
+                         f"{changed[0].label}: {todo[changed[0].label][2]}). Nothing was replaced: a new setting is a "
+                         f"new study version (Profile.study_version); --force replaces these {len(changed)} runs.")
 
     def land(run: Run, result: dict) -> None:
         _, fingerprint, why = todo[run.label]
@@ -106,13 +114,13 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
         _write_combined(folder, runs, landed, combined)
 
     failed = []
-    if todo and (workers > 1 or os.environ.get("RAY_ADDRESS")):
+    if todo and workers > 1:  # $RAY_ADDRESS is used only then: WORKERS = 1 runs here
         failed = run_on_ray([run for run, _, _ in todo.values()], inputs, workers, land)
     elif todo:
         sticks = yardsticks(inputs.profile, inputs.sources.merged_dir, inputs.sources.quantize)
         for run, _, _ in todo.values():
             land(run, execute(run, inputs, sticks, progress))
-    results = _write_combined(folder, runs, landed, combined)
+    results = _write_combined(folder, runs, landed, combined if landed or run_missing else ())
     log.finish()
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(runs)} runs did not land (the others did; running again runs "

@@ -120,7 +120,7 @@ def study_inputs(profile: Profile, folder: Path, out=None) -> Inputs:
                   merged_from=f"merge of the study's sft_adapter {content_hash(adapter)}")
 
 
-def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader) -> tuple[Design, dict]:
+def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader, force: bool = False) -> tuple[Design, dict]:
     """The design and how it was sized; the calibration is measured once per inputs and kept in the folder."""
     # notebook 03's PPO settings, the controller off: the power calculation's pilot ran exactly these (04's
     # cheaper batch of 8 in minibatches of 4 moved the recipe's KL about half as fast per optimizer update,
@@ -129,6 +129,10 @@ def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader) ->
     kept = folder / "calibration.json"
     key = content_hash(inputs.fingerprint(), ppo.response_len)
     calibration = read_json(kept) if kept.exists() else {}
+    if calibration and calibration.get("inputs") != key and not force:  # a new β grid would move every run's folder
+        raise ValueError(f"{kept} was measured on other inputs ({calibration.get('inputs')} -> {key}: the SFT adapter, "
+                         f"prompts or response lengths changed). Nothing was changed: a new setting is a new study "
+                         f"version (Profile.study_version), or --force recalibrates this one.")
     if calibration.get("inputs") != key:
         calibration = {"inputs": key, **calibrate(inputs, sticks_loader(), ppo.response_len)}
         write_json(kept, calibration)
@@ -173,19 +177,22 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     inputs = study_inputs(profile, folder, out)
     sticks = lambda: yardsticks(profile, inputs.sources.merged_dir, inputs.sources.quantize)  # noqa: E731
-    design, sizing = design_for(profile, inputs, folder, sticks)
+    design, sizing = design_for(profile, inputs, folder, sticks, force)
     for stage in (1, 2):  # the second stage is sized from the first's runs, once they have landed
         runs = design.runs()
         print(f"study on {profile.name}: {len(runs)} runs, β {list(design.betas)}, {len(design.seeds)} seeds "
               f"(+{len(design.recipe_seeds)} of the recipe), {design.ppo.steps} steps, held-out evaluation "
               f"every {design.eval_every}", flush=True)
         results = run_all(runs, inputs, folder, force=force, combined=("metrics", "evaluation", "runs"),
-                          run_missing=execute, workers=workers)
+                          run_missing=execute, workers=workers, keep_changed=True)
         if stage == 1:
             planned = design
-            design, sizing = design_for(profile, inputs, folder, sticks)
+            design, sizing = design_for(profile, inputs, folder, sticks, force)
             if design == planned:
                 break
+    if not execute and not len(results.runs):
+        print(f"No run of this design has landed in {folder}: nothing written (the report keeps what is there).")
+        return results
     write_verdicts(results, design, folder)
     manifest_file = folder / "manifest.json"
     manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}

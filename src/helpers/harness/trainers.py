@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from ..ppo import LR_RATIOS, PPOConfig, ValueHead, train, trainable_parameters
-from ..provenance import check_count
 
 
 @dataclass
@@ -67,9 +66,9 @@ def fit_ppo(arm, tokenizer, queries, reward_fn, config: PPOConfig, evaluator, pr
 
 
 def check_ppo(config: PPOConfig) -> None:
-    check_count("steps", config.steps)
-    if not config.init_kl_coef >= 0:
-        raise ValueError(f"the KL coefficient β must be >= 0, not {config.init_kl_coef!r}")
+    if not isinstance(config, PPOConfig):
+        raise TypeError(f"a PPO run needs a PPOConfig, not {type(config).__name__}")
+    config.__post_init__()  # its own checks (a config changed in place since it was made is checked again)
 
 
 def ppo_fingerprint(config: PPOConfig) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from typing import Callable
 
 import torch
@@ -28,6 +29,8 @@ from .arms import yardsticks
 from .execute import execute
 from .trainers import TRAINERS, trainer_for
 
+START_TIMEOUT_S = float(os.environ.get("TUTORIAL_RAY_START_TIMEOUT_S", 300))  # load a model, import torch
+POLL_S = 10.0
 FAULT = "TUTORIAL_TEST_WORKER_DIES_ON"  # tests only: a worker given this run label exits (a killed worker)
 
 
@@ -62,6 +65,9 @@ class Worker:
         torch.set_num_threads(threads)
         self.inputs, self.sticks = inputs, None
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, run, trainer) -> dict:
         TRAINERS.setdefault(run.trainer, trainer)  # a trainer registered on the driver only (a notebook's, a test's)
         if os.environ.get(FAULT) == run.label:
@@ -69,6 +75,23 @@ class Worker:
         src = self.inputs.sources
         self.sticks = self.sticks or yardsticks(src.profile, src.merged_dir, src.quantize)
         return execute(run, self.inputs, self.sticks, trainer=trainer)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, before any work, when $RAY_ADDRESS names a host and port nothing answers on (Ray itself
+    retries for minutes). "auto" and "local" are Ray's own and left to it."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"RAY_ADDRESS={address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"RAY_ADDRESS={address!r}: nothing answers at {host}:{port} ({e}). Start the cluster "
+                              f"(`ray start --head`), fix the address, or unset RAY_ADDRESS to run on this "
+                              f"machine.") from None
 
 
 def start_ray():
@@ -80,6 +103,8 @@ def start_ray():
                           '(or `pip install ray`), or run with WORKERS = 1.') from e
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
+        if address:
+            check_reachable(address)
         # workers find the package and the fault switch through the environment they inherit
         ray.init(address=address or None, num_cpus=None if address else cores(), include_dashboard=False,
                  log_to_driver=True, logging_level="error",  # not its banner and token notice in notebooks
@@ -87,32 +112,58 @@ def start_ray():
     return ray
 
 
+def capped_workers(asked: int, free: dict, threads: int, gpus_per_run: float) -> tuple[int, str]:
+    """As many workers as asked, but no more than Ray's free slots (CPUs per worker, or GPUs per run): an actor
+    that cannot get its slot never starts, and a run handed to it would wait forever."""
+    if free.get("GPU", 0) > 0:
+        slots, unit = int(free["GPU"] // gpus_per_run), f"{free['GPU']:g} free GPUs, {gpus_per_run:g} per run"
+    else:
+        slots, unit = int(free.get("CPU", 0) // threads), f"{free.get('CPU', 0):g} free CPUs, {threads} per worker"
+    if slots < 1:
+        raise RuntimeError(f"Ray has no free slot for a worker ({unit}): stop what holds them, or run with WORKERS = 1")
+    n = min(asked, slots)
+    return n, f"{n} Ray workers" + (f" (asked for {asked}; {unit})" if n < asked else f" ({unit})")
+
+
 def run_on_ray(todo: list, inputs, workers: int, land: Callable, gpus_per_run: float = 1.0) -> list:
-    """Execute `todo` (Run values) on `workers` Ray actors, calling `land(run, result)` on the driver as each
-    finishes; returns the runs whose worker died or raised, with why."""
+    """Execute `todo` (Run values) on at most `workers` Ray actors, capped by the free slots, calling
+    `land(run, result)` on the driver as each finishes; returns the runs whose worker died or raised, with why.
+    Every actor is released on any exit, an interrupt (Ctrl-C in a notebook) included."""
     ray = start_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     threads = threads_per_worker(workers)
+    workers, said = capped_workers(min(workers, len(todo)), ray.available_resources(), threads, gpus_per_run)
+    print(said, flush=True)
     actor = ray.remote(num_cpus=0 if gpus else threads, num_gpus=gpus_per_run if gpus else 0)(Worker)
     shared = ray.put(inputs)
-    pool = [actor.remote(shared, threads) for _ in range(min(workers, len(todo)))]
+    pool = [actor.remote(shared, threads) for _ in range(workers)]
+    everyone = list(pool)
     queue, busy, failed = list(todo), {}, []
-    while queue or busy:
-        while queue and pool:
-            worker, run = pool.pop(), queue.pop(0)
-            busy[worker.run.remote(run, trainer_for(run.trainer))] = (run, worker)
-        [ref], _ = ray.wait(list(busy), num_returns=1)
-        run, worker = busy.pop(ref)
-        try:
-            result = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-            failed.append((run, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
-            if isinstance(e, ray.exceptions.RayActorError):  # the worker died: a new one takes its place
-                ray.kill(worker)
-                worker = actor.remote(shared, threads)
-        else:
-            land(run, result)
-        pool.append(worker)
-    for worker in pool:
-        ray.kill(worker)
+    try:
+        ready, waiting = ray.wait([w.ready.remote() for w in pool], num_returns=len(pool), timeout=START_TIMEOUT_S)
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} of {len(pool)} Ray workers did not start within {START_TIMEOUT_S} s "
+                               f"(no free slot for them?): run with fewer WORKERS, or WORKERS = 1")
+        while queue or busy:
+            while queue and pool:
+                worker, run = pool.pop(), queue.pop(0)
+                busy[worker.run.remote(run, trainer_for(run.trainer))] = (run, worker)
+            done, _ = ray.wait(list(busy), num_returns=1, timeout=POLL_S)  # short waits: an interrupt gets through
+            if not done:
+                continue
+            run, worker = busy.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                failed.append((run, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+                if isinstance(e, ray.exceptions.RayActorError):  # the worker died: a new one takes its place
+                    ray.kill(worker)
+                    worker = actor.remote(shared, threads)
+                    everyone.append(worker)
+            else:
+                land(run, result)
+            pool.append(worker)
+    finally:
+        for worker in everyone:
+            ray.kill(worker)
     return failed
