@@ -241,3 +241,40 @@ def test_the_cache_folder_is_absolute_whatever_the_working_directory(tmp_path, m
     assert cache_dir() == tmp_path / "relative-cache"
     monkeypatch.setenv("TUTORIAL_CACHE", "~/c")
     assert cache_dir() == Path.home() / "c"
+
+
+def test_a_second_driver_on_one_folder_is_refused_naming_the_first(tmp_path):
+    """Two `make tutorial` on one output folder, or 05 during `make study`: the second is refused at once, with
+    the first one's process id, instead of racing it on the same renames; the lock goes with its holder."""
+    import time
+
+    from helpers.artifacts import FolderInUseError, locked
+
+    hold = "import sys, time\nfrom helpers.artifacts import locked\nwith locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    first = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        start = time.perf_counter()
+        with pytest.raises(FolderInUseError, match=f"in use by process {first.pid} "):
+            with locked(tmp_path, "a second run"):
+                pass
+        assert time.perf_counter() - start < 5
+    finally:
+        first.kill()
+        first.wait()
+    with locked(tmp_path):  # the holder is gone: free again, and re-entrant within one process
+        with locked(tmp_path):
+            pass
+
+
+def test_a_merge_of_another_sft_adapter_is_refused_naming_the_notebook_to_rerun(tiny, tokenizer, tmp_path):
+    """01 run again with other settings after 02: 03 and 04 refuse 02's merge instead of using it."""
+    from conftest import random_sft
+
+    from helpers.artifacts import StaleArtifactError, require, stage_dir
+
+    adapter, merged = random_sft(tiny, tokenizer, tmp_path)
+    assert require(merged, "02_merge", "tiny") == merged
+    (adapter / "README.md").write_text("trained again")  # any change of the adapter's files
+    with pytest.raises(StaleArtifactError, match="02_merge_adapter.ipynb again"):
+        require(stage_dir(tmp_path, "tiny", "02_merge") / "model", "02_merge", "tiny")

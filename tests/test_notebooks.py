@@ -104,7 +104,7 @@ def test_running_out_of_order_names_the_notebook_to_run_first(notebook, missing,
     assert str(failed) in result.stdout
     assert "MissingArtifactError" in failed.read_text()  # the full traceback is in the kept notebook
     assert not (tmp_path / "tiny" / "notebooks" / f"{notebook}.ipynb").exists()
-    made = [p for p in (tmp_path / "tiny").rglob("*") if p.is_file() and p.name != failed.name]
+    made = [p for p in (tmp_path / "tiny").rglob("*") if p.is_file() and p.name not in (failed.name, ".lock")]
     assert not made, made
 
 

@@ -197,6 +197,11 @@ def test_a_committed_study_survives_dotfiles_reports_and_changed_settings(tiny_s
     capsys.readouterr()
     run_study(other, folder, out=tiny_outputs, execute=False)  # nothing of this design has landed
     assert "nothing written" in capsys.readouterr().out and tables() == before
+    victim = sorted((folder / "runs").rglob("evaluation.csv"))[0]  # a truncated CSV: resumed by re-running it
+    victim.write_text(victim.read_text().splitlines()[0] + "\n")
+    run_study(tiny, folder, out=tiny_outputs)
+    said = capsys.readouterr().out
+    assert said.count(" ran (") == 1 and "ran (damaged (evaluation.csv changed since the run landed))" in said
 
 
 # --- the β = 0 null control -------------------------------------------------------------------------------

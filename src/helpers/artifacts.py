@@ -6,12 +6,17 @@ output folder, whoever runs the notebooks: see `output_dir`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import sys
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+
+from .provenance import content_hash
 
 # stage folder -> the notebook that writes it (named in "run this first" errors)
 STAGES = {
@@ -25,6 +30,15 @@ STAGES = {
 
 class MissingArtifactError(FileNotFoundError):
     """An input a notebook needs has not been made yet; the message names the notebook that makes it."""
+
+
+class StaleArtifactError(MissingArtifactError):
+    """An input was made from another version of its own input (02's merge from an SFT adapter that 01 has
+    since replaced); the message names the notebook to run again."""
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the folder's lock (a second `make tutorial`, or 05 during `make study`)."""
 
 
 def project_root() -> Path | None:
@@ -61,7 +75,51 @@ def require(path: str | os.PathLike, stage: str, profile: str) -> Path:
             f"{path} does not exist. It is made by notebooks/{STAGES[stage]}: run that notebook first "
             f"with the same profile and output dir (e.g. `make tutorial PROFILE={profile}`)."
         )
+    if stage == "02_merge":  # the merge records the hash of the adapter it merged (helpers.merge.merge_adapter)
+        recorded = path.parent / "verification.json"
+        adapter = path.parent.parent / "01_sft" / "adapter"
+        made_from = read_json(recorded).get("adapter_hash") if recorded.exists() else None
+        if made_from and adapter.exists() and content_hash(adapter) != made_from:
+            raise StaleArtifactError(
+                f"{path} was merged from another SFT adapter than {adapter} holds now (notebook 01 ran again "
+                f"since): run notebooks/{STAGES[stage]} again, then the notebooks after it "
+                f"(e.g. `make tutorial PROFILE={profile} NOTEBOOKS=\"02_merge_adapter 03_ppo_lora\"`).")
     return path
+
+
+_HELD: set[Path] = set()
+
+
+@contextmanager
+def locked(folder: str | os.PathLike, what: str = "this folder"):
+    """Hold `folder`'s lock (fcntl.flock on `folder/.lock`) for the block; a second holder is refused at once
+    with the first one's process id and command, instead of racing it on the same files."""
+    folder = Path(folder).resolve()
+    if folder in _HELD:  # already this process's (run_study holds it around run_all): flock would refuse itself
+        yield folder
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FolderInUseError(f"{folder} is in use by {holder}: {what} cannot run beside it. Wait for it to "
+                                   f"finish, or stop it first.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} ({' '.join(sys.argv)[:200]}, since "
+                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')})")
+        handle.flush()
+        _HELD.add(folder)
+        try:
+            yield folder
+        finally:
+            _HELD.discard(folder)
+    finally:
+        handle.close()  # closing releases the lock
 
 
 @contextmanager

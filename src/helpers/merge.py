@@ -29,6 +29,7 @@ from peft.utils.integrations import dequantize_bnb_weight
 from .artifacts import atomic_dir, write_json
 from .models import is_quantized, load_model, perplexity, position_ids
 from .profiles import Profile
+from .provenance import content_hash
 
 ADAPTER_NOTEBOOK = "notebooks/01_sft_lora.ipynb"
 
@@ -149,6 +150,7 @@ def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_te
     merged = model.merge_and_unload()  # W' = W + (α/r)·BA in every adapted layer, in place; LoRA modules dropped
     verification = verify_merge(probe, merged, tokenizer, check_texts, profile)
     verification["adapter_dir"] = str(adapter_dir)
+    verification["adapter_hash"] = content_hash(Path(adapter_dir))  # what later stages check they still match
     return merged, verification
 
 

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from traitlets.config import Config
 
-from .artifacts import atomic_file, output_dir, read_json, write_json
+from .artifacts import atomic_file, locked, output_dir, read_json, write_json
 from .profiles import get_profile
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -81,10 +82,11 @@ class CellProgress:
         print(f"   [{self.done}/{self.total}] {first.strip()[:90]}", flush=True)
 
 
-def _kernel_config():
+def _kernel_config(sockets: str | os.PathLike):
     """IPC sockets instead of TCP: the kernel is only ever reached from this machine, and ipykernel warns
-    ("running over TCP without encryption") for unencrypted TCP."""
-    return Config({"KernelManager": {"transport": "ipc"}})
+    ("running over TCP without encryption") for unencrypted TCP. The sockets go in a folder of this run's own
+    (`sockets`), not in notebooks/, so two runs side by side cannot cross-wire their kernels."""
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
 
 
 def run(names: list[str], profile_name: str, out: str | os.PathLike | None = None, **parameters) -> dict:
@@ -104,8 +106,9 @@ def run(names: list[str], profile_name: str, out: str | os.PathLike | None = Non
         sources.append(source)
     previous = os.environ.get("TUTORIAL_TERMINAL_PROGRESS")
     os.environ["TUTORIAL_TERMINAL_PROGRESS"] = "1"  # inherited by the kernels started below
-    try:
-        return _execute(sources, profile.name, out, executed, timings, parameters)
+    try:  # one run per output folder and profile: a second `make tutorial` there is refused, not raced
+        with locked(out / profile.name, "make tutorial"), tempfile.TemporaryDirectory(prefix="kernels-") as sockets:
+            return _execute(sources, profile.name, out, executed, timings, parameters, sockets)
     finally:
         if previous is None:
             os.environ.pop("TUTORIAL_TERMINAL_PROGRESS")
@@ -113,7 +116,7 @@ def run(names: list[str], profile_name: str, out: str | os.PathLike | None = Non
             os.environ["TUTORIAL_TERMINAL_PROGRESS"] = previous
 
 
-def _execute(sources, profile_name, out, executed, timings, parameters) -> dict:
+def _execute(sources, profile_name, out, executed, timings, parameters, sockets) -> dict:
     timings_file = executed / "timings.json"
     for number, source in enumerate(sources, 1):
         print(f"== [{number}/{len(sources)}] {source.name} (profile {profile_name}) ==", flush=True)
@@ -126,7 +129,7 @@ def _execute(sources, profile_name, out, executed, timings, parameters) -> dict:
                     str(source), str(tmp), parameters=dict(PROFILE=profile_name, OUTPUT_DIR=str(out), **parameters),
                     cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False, log_output=False,
                     stderr_file=sys.stderr, on_notebook_start=progress.start, on_cell_start=progress,
-                    config=_kernel_config(),
+                    config=_kernel_config(sockets),
                     # the kernel's own stderr stays the terminal's (the SFT bar goes there), not the notebook's
                     extra_arguments=["--IPKernelApp.capture_fd_output=False"],
                 )

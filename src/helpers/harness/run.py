@@ -28,6 +28,7 @@ from .arms import Sources, check_arms, profile_quantization
 from .trainers import trainer_for
 
 RUN_FILES = ("metrics.csv", "evaluation.csv", "samples.csv", "summary.json", "fingerprint.json")
+CHECKSUMS = "files"  # the fingerprint file's key for its run's result files' hashes (resume verifies them)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,15 @@ def run_state(folder: Path, fingerprint: dict) -> str | None:
     missing = [f for f in RUN_FILES if not (folder / f).exists()]
     if missing:
         return f"incomplete (missing {', '.join(missing)})"
-    changed = _differences(json.loads(json.dumps(read_json(folder / "fingerprint.json"))),
-                           json.loads(json.dumps(fingerprint)))
+    recorded = read_json(folder / "fingerprint.json")
+    files = recorded.pop(CHECKSUMS, {})  # runs that landed before checksums were recorded have none
+    damaged = [name for name, digest in sorted(files.items()) if content_hash(folder / name) != digest]
+    if damaged:
+        return f"damaged ({', '.join(damaged)} changed since the run landed)"
+    changed = _differences(json.loads(json.dumps(recorded)), json.loads(json.dumps(fingerprint)))
     return f"settings changed ({'; '.join(changed)})" if changed else None
+
+
+def checksums(folder: Path) -> dict:
+    """Each result file's content hash, recorded in the run's fingerprint file as it lands."""
+    return {CHECKSUMS: {name: content_hash(folder / name) for name in RUN_FILES if name != "fingerprint.json"}}

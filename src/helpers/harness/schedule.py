@@ -15,11 +15,11 @@ from pathlib import Path
 from IPython import get_ipython
 from IPython.display import display
 
-from ..artifacts import atomic_dir, write_csv, write_json
+from ..artifacts import atomic_dir, locked, write_csv, write_json
 from .arms import yardsticks
 from .execute import execute
 from .results import TABLES, Results, _combine, _read_run
-from .run import Inputs, Run, run_state
+from .run import Inputs, Run, checksums, run_state
 from .workers import resolve_workers, run_on_ray
 
 
@@ -81,6 +81,11 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
     settings are refused instead of replaced, unless `force`. With nothing landed, `run_missing=False` writes
     no table (a report never replaces results with empty tables)."""
     folder = Path(folder)
+    with locked(folder, "run_all"):  # one driver per folder: a second one would race this one's renames
+        return _run_all(runs, inputs, folder, force, progress, combined, run_missing, workers, keep_changed)
+
+
+def _run_all(runs, inputs, folder, force, progress, combined, run_missing, workers, keep_changed) -> Results:
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"Two runs of the plan share a folder: {sorted({l for l in labels if labels.count(l) > 1})}")
@@ -108,7 +113,7 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
             for key in ("metrics", "evaluation", "samples"):
                 write_csv(tmp / f"{key}.csv", result[key])
             write_json(tmp / "summary.json", result["summary"])
-            write_json(tmp / "fingerprint.json", fingerprint)
+            write_json(tmp / "fingerprint.json", {**fingerprint, **checksums(tmp)})
         log.ran(run, why, result["summary"]["total_time_s"])
         landed[run.label] = _read_run(run, folder / "runs" / run.path)
         _write_combined(folder, runs, landed, combined)

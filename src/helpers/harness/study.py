@@ -44,7 +44,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..artifacts import project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
+from ..artifacts import locked, project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
 from ..data import load_imdb, perplexity_reviews, ppo_queries
 from ..merge import merge_adapter, save_merged
 from ..models import compute_dtype, load_tokenizer
@@ -173,7 +173,11 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     `workers` > 1: that many Ray workers on this machine (or $RAY_ADDRESS's cluster), see helpers.harness.workers."""
     folder = study_dir(profile.name, folder, version=profile.study_version)
     check_same_setting(profile, folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder, "the study"):  # notebook 05 with RUN_STUDY = True during `make study` waits for nothing
+        return _run_study(profile, folder, out, force, command, execute, workers)
+
+
+def _run_study(profile, folder, out, force, command, execute, workers) -> Results:
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     inputs = study_inputs(profile, folder, out)
     sticks = lambda: yardsticks(profile, inputs.sources.merged_dir, inputs.sources.quantize)  # noqa: E731
