@@ -172,3 +172,31 @@ def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outpu
     with pytest.raises(SystemExit, match="run `make tutorial`"):
         publish_results(tmp_path / "nothing", tmp_path / "more", "make tutorial")
     assert not (tmp_path / "more").exists()
+
+
+def test_publish_refuses_a_failed_mixed_or_oversized_run_and_writes_nothing(tiny_outputs, tmp_path, monkeypatch):
+    """Only what one complete run produced is published: not while a failure report is there, not a notebook
+    re-run on its own beside older ones, and the size limit is checked before anything is written."""
+    import shutil
+
+    import helpers.harness.publish as publish_module
+
+    source = tmp_path / "notebooks"
+    shutil.copytree(tiny_outputs / "tiny" / "notebooks", source)
+    (source / "04_reference_model_comparison.failed.ipynb").write_text("{}")
+    with pytest.raises(SystemExit, match="failed in the last run"):
+        publish_module.publish(source, tmp_path / "out")
+    (source / "04_reference_model_comparison.failed.ipynb").unlink()
+    runs = json.loads((source / "runs.json").read_text())
+    (source / "runs.json").write_text(json.dumps({**runs, "04_reference_model_comparison": "another-run"}))
+    with pytest.raises(SystemExit, match="not one complete run"):
+        publish_module.publish(source, tmp_path / "out")
+    (source / "runs.json").write_text(json.dumps(runs))
+    (source / "05_study.ipynb").unlink()
+    with pytest.raises(SystemExit, match="not one complete run"):
+        publish_module.publish(source, tmp_path / "out")
+    shutil.copy(tiny_outputs / "tiny" / "notebooks" / "05_study.ipynb", source)
+    monkeypatch.setattr(publish_module, "MAX_TOTAL_MB", 0.01)
+    with pytest.raises(SystemExit, match="Nothing was written"):
+        publish_module.publish(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

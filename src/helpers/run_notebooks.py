@@ -2,7 +2,8 @@
 
     PROFILE=tiny OUTPUT_DIR=outputs python -m helpers.run_notebooks 01_sft_lora 02_merge_adapter
 
-Executed notebooks land in `<OUTPUT_DIR>/<PROFILE>/notebooks/`, with `timings.json` (seconds per notebook).
+Executed notebooks land in `<OUTPUT_DIR>/<PROFILE>/notebooks/`, with `timings.json` (seconds per notebook)
+and `runs.json` (which invocation executed each).
 
 The terminal shows which notebook out of how many, each code cell as it starts (`[4/12]`, the number
 the executed notebook shows beside it), and the kernel's stderr as it comes, which carries the PPO bars
@@ -31,6 +32,8 @@ from traitlets.config import Config
 
 from .artifacts import atomic_file, locked, output_dir, read_json, write_json
 from .profiles import get_profile
+
+RUNS_FILE = "runs.json"  # executed notebook -> the invocation of `run` that executed it
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -118,6 +121,7 @@ def run(names: list[str], profile_name: str, out: str | os.PathLike | None = Non
 
 def _execute(sources, profile_name, out, executed, timings, parameters, sockets) -> dict:
     timings_file = executed / "timings.json"
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # this invocation, recorded for each notebook it ran
     for number, source in enumerate(sources, 1):
         print(f"== [{number}/{len(sources)}] {source.name} (profile {profile_name}) ==", flush=True)
         progress = CellProgress()
@@ -144,6 +148,8 @@ def _execute(sources, profile_name, out, executed, timings, parameters, sockets)
         failed.unlink(missing_ok=True)  # a stale report of an earlier failure
         timings[source.stem] = round(time.perf_counter() - start, 1)
         write_json(timings_file, timings)
+        made_by = read_json(executed / RUNS_FILE) if (executed / RUNS_FILE).exists() else {}
+        write_json(executed / RUNS_FILE, {**made_by, source.stem: run_id})  # `make publish` wants one run's notebooks
         print(f"   {timings[source.stem]} s -> {executed / source.name}", flush=True)
     return timings
 
