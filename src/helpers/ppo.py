@@ -119,7 +119,7 @@ class PPOConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
         if not self.init_kl_coef >= 0:
-            raise ValueError(f"the KL coefficient β (init_kl_coef) must be >= 0, not {self.init_kl_coef!r}")
+            raise ValueError(f"the KL coefficient β must be >= 0, not {self.init_kl_coef!r} (init_kl_coef)")
         if not 1 <= self.response_len[0] <= self.response_len[1]:
             raise ValueError(f"response_len must be (low, high) with 1 <= low <= high, not {self.response_len}")
 

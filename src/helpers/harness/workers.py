@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -106,9 +107,12 @@ def start_ray():
         if address:
             check_reachable(address)
         # workers find the package and the fault switch through the environment they inherit
+        env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("TUTORIAL_")}}
+        if address:  # a cluster's nodes get this package with the job, whatever they have installed
+            env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
         ray.init(address=address or None, num_cpus=None if address else cores(), include_dashboard=False,
                  log_to_driver=True, logging_level="error",  # not its banner and token notice in notebooks
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("TUTORIAL_")}})
+                 runtime_env=env)
     return ray
 
 
