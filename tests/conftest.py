@@ -99,3 +99,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tiny_outputs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.notebooks)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def committed_results_stay_byte_identical():
+    """No test, fault injection included, changes a committed result: the study and tuning folders hash the
+    same after the session as before it (dotfiles such as a held lock left out)."""
+    from helpers.provenance import content_hash
+
+    folders = [ROOT / "docs" / "study", ROOT / "docs" / "tuning", ROOT / "docs" / "tutorial"]
+    before = content_hash(*folders)
+    yield
+    assert content_hash(*folders) == before, "a test changed a committed result under docs/"

@@ -324,3 +324,9 @@ def test_the_power_calculation_takes_the_tunings_spread_over_seeds(tmp_path):
     noisy = power_steps(smol, pilot, 6, ppo)
     quiet = power_steps(smol, {**pilot, "seed_sd": 0.05}, 6, ppo)
     assert noisy["seed_sd"] > quiet["seed_sd"] and noisy["steps"] > quiet["steps"]
+
+
+def test_a_bad_worker_count_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match='workers must be an integer >= 1 or "auto", not 0'):
+        run_study(get_profile("tiny"), tmp_path / "study", out=tmp_path, workers=0)
+    assert not (tmp_path / "study").exists() and not list(tmp_path.iterdir())

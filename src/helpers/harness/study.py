@@ -60,6 +60,7 @@ from .run import Inputs
 from .schedule import run_all
 from .sizing import beta_grid, calibrate, pilot_from_tuning, pilot_from_tutorial, power_steps, second_stage
 from .verdicts import findings
+from .workers import resolve_workers
 
 
 def study_dir(profile_name: str, folder: str | Path | None = None, version: str | None = None) -> Path:
@@ -171,6 +172,7 @@ def run_study(profile: Profile, folder: str | Path | None = None, out=None, forc
     """Run (or resume) the profile's study into `folder`; write its findings, gains, figures and manifest
     there. `execute=False` runs nothing and reports on the runs that have landed (a study stopped part-way).
     `workers` > 1: that many Ray workers on this machine (or $RAY_ADDRESS's cluster), see helpers.harness.workers."""
+    resolve_workers(workers)  # a bad count fails here, before the adapter is copied or anything is measured
     folder = study_dir(profile.name, folder, version=profile.study_version)
     check_same_setting(profile, folder)
     with locked(folder, "the study"):  # notebook 05 with RUN_STUDY = True during `make study` waits for nothing
