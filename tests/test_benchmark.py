@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow  # seconds of SmolLM2 or a subprocess: in `make test`, not `make test-fast`
 def test_benchmark_without_the_merged_model_names_the_notebook(tmp_path):
     env = {**os.environ, "OUTPUT_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ppo_step.py"), "--profile", "tiny"],

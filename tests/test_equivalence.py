@@ -89,6 +89,7 @@ def smol_policy():
     return smol, policy, ValueHead(policy.config.hidden_size)
 
 
+@pytest.mark.slow  # seconds of SmolLM2 or a subprocess: in `make test`, not `make test-fast`
 def test_fast_path_on_fixed_inputs_is_within_tolerance_of_the_reference_path(smol_policy, tokenizer):
     smol, policy, value_head = smol_policy
     reference = DisabledAdapters(policy)

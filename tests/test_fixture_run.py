@@ -119,6 +119,7 @@ def test_tiny_ppo_run_matches_the_fixture(tiny, tokenizer, tmp_path, monkeypatch
 SMOL_FIXTURE = ROOT / "tests" / "fixtures" / "smol_rollout_tokens.json"
 
 
+@pytest.mark.slow  # seconds of SmolLM2 or a subprocess: in `make test`, not `make test-fast`
 def test_smol_rollouts_match_the_recorded_tokens_and_log_probs(tokenizer):
     """SmolLM2 (its real width, 30 layers, tied head), a LoRA with B != 0 on it, 4 IMDB prompts, 16 new tokens,
     in training's path and in the evaluation's (kept logits). On the recording machine and path: the same tokens.

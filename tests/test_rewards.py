@@ -65,6 +65,7 @@ def test_tampered_cache_is_a_clear_error(fitted, tmp_path, file):
         TfidfRewardModel.load(folder)
 
 
+@pytest.mark.slow  # seconds of SmolLM2 or a subprocess: in `make test`, not `make test-fast`
 def test_stale_cache_is_rebuilt_and_a_current_one_reused(fitted, tiny, tmp_path, monkeypatch):
     model, _ = fitted
     fits = []
