@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers.profiles import profile_name  # the one precedence: --profile, else $TUTORIAL_PROFILE, else smol
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +67,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", help="PYTHONPATH of the code B (a checkout's src/); A is this checkout")
     parser.add_argument("--pairs", type=int, default=6)
-    parser.add_argument("--profile", default="smol")
+    parser.add_argument("--profile", default=profile_name())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per process, after one warm-up step")
     parser.add_argument("--batch", type=int, default=8)

@@ -23,6 +23,7 @@ import torch
 
 import helpers  # noqa: F401
 from helpers import get_profile
+from helpers.profiles import profile_name
 from helpers.artifacts import output_dir, require, stage_dir
 from helpers.data import load_imdb, ppo_queries
 from helpers.machine import signature
@@ -116,7 +117,7 @@ def compare(profile_name: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="smol")
+    parser.add_argument("--profile", default=profile_name())
     parser.add_argument("--json", help="also write the figures, with the machine, to this file")
     args = parser.parse_args()
     result = compare(args.profile)

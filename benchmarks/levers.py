@@ -19,6 +19,8 @@ import sys
 
 from ab_step import run_one  # this folder is the script's, so first on sys.path
 
+from helpers.profiles import profile_name
+
 CONFIGS = {  # name -> environment of the child
     "reference path": {"TUTORIAL_REFERENCE_PATH": "1"},
     "pack_forward alone": {"TUTORIAL_FAST_LEVERS": "pack_forward"},
@@ -32,7 +34,7 @@ CONFIGS = {  # name -> environment of the child
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", default="smol")
+    parser.add_argument("--profile", default=profile_name())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process, after one warm-up step")
     parser.add_argument("--batch", type=int, default=8)

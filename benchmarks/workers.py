@@ -24,6 +24,7 @@ import torch
 
 import helpers  # noqa: F401
 from helpers import get_profile
+from helpers.profiles import profile_name
 from helpers.data import load_imdb, perplexity_reviews, ppo_queries
 from helpers.harness.compare import plan_from_profile
 from helpers.harness.run import inputs_from_outputs
@@ -35,7 +36,7 @@ from helpers.rewards import load_reward
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="smol")
+    parser.add_argument("--profile", default=profile_name())
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2)

@@ -44,3 +44,14 @@ def test_every_profile_names_a_known_reward():
     assert get_profile("tiny").reward == get_profile("smol").reward == "imdb-tfidf"  # offline: the learned reward
     for profile in PROFILES.values():
         assert profile.reward in REWARDS, f"{profile.name}: {profile.reward!r}"
+
+
+def test_one_precedence_picks_the_profile_everywhere(monkeypatch):
+    """The name given (a notebook's PROFILE, make's PROFILE, --profile), else $TUTORIAL_PROFILE, else smol: the
+    same function for notebooks, `make tutorial`, the study's CLI and the benchmarks."""
+    from helpers.profiles import DEFAULT_PROFILE, profile_name
+
+    monkeypatch.delenv("TUTORIAL_PROFILE", raising=False)
+    assert profile_name() == DEFAULT_PROFILE == "smol" and profile_name("tiny") == "tiny"
+    monkeypatch.setenv("TUTORIAL_PROFILE", "tiny")
+    assert profile_name() == "tiny" and profile_name("smol") == "smol" and get_profile().name == "tiny"

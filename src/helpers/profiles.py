@@ -297,13 +297,19 @@ class ProfileError(ValueError):
     """A profile name that does not exist, or one this machine cannot run."""
 
 
+def profile_name(name: str | None = None) -> str:
+    """The one precedence for which profile runs, everywhere (notebooks, `make`, scripts, benchmarks): the name
+    given (a notebook's PROFILE, `make ... PROFILE=`, `--profile`), else $TUTORIAL_PROFILE, else DEFAULT_PROFILE."""
+    return name or os.environ.get("TUTORIAL_PROFILE") or DEFAULT_PROFILE
+
+
 def get_profile(name: str | None = None) -> Profile:
     """The profile called `name`, else `$TUTORIAL_PROFILE`, else the default (`smol`).
 
     Fails at once (before any download) for an unknown name, or for a profile that needs CUDA
     on a machine without it.
     """
-    name = name or os.environ.get("TUTORIAL_PROFILE") or DEFAULT_PROFILE
+    name = profile_name(name)
     if name not in PROFILES:
         raise ProfileError(f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}.")
     profile = PROFILES[name]

@@ -31,7 +31,7 @@ from papermill.exceptions import PapermillExecutionError
 from traitlets.config import Config
 
 from .artifacts import atomic_file, locked, output_dir, read_json, write_json
-from .profiles import get_profile
+from .profiles import get_profile, profile_name
 
 RUNS_FILE = "runs.json"  # executed notebook -> the invocation of `run` that executed it
 
@@ -155,7 +155,7 @@ def _execute(sources, profile_name, out, executed, timings, parameters, sockets)
 
 
 def main(argv: list[str]) -> int:
-    profile = os.environ.get("PROFILE") or os.environ.get("TUTORIAL_PROFILE") or "smol"
+    profile = profile_name(os.environ.get("PROFILE"))  # make's PROFILE, else $TUTORIAL_PROFILE, else the default
     try:
         run(argv, profile)  # the output folder: $OUTPUT_DIR, else <project root>/outputs
     except NotebookFailed as failure:

@@ -62,7 +62,7 @@ def readme_block(folder: str | Path) -> str:
     when = manifest["sessions"][-1]["started"][:10] if manifest.get("sessions") else "?"
     where = Path(folder).resolve().relative_to(project_root()) if project_root() else Path(folder)
     lines = [f"From the committed study in `{where.as_posix()}/` (`{manifest['command']}`; "
-             f"{manifest['runs_done']} of {manifest['runs']} runs done, last session {when}, machines: "
+             f"{len(results.runs)} of {len(design.runs())} runs done, last session {when}, machines: "
              f"{', '.join(manifest['machines'])}); rendered by "
              f"[notebook 05](docs/notebooks/05_study.ipynb). Effects are 95% intervals over paired seeds.", "",
              "| question | answer from the study |", "| --- | --- |"]
