@@ -78,6 +78,9 @@ class Profile:
     comparison_eval_prompts: int = 32  # held-out prompts of each 04 evaluation
     penalty_steps: int = 6
     penalty_eval_every: int = 1  # the penalty alone: held-out evaluation every k steps (its curve)
+    # the penalty alone at this fixed β (None: 03's adaptive controller from ppo_init_kl_coef). With no reward the
+    # penalty is the only signal, so β sets how hard the reference pulls
+    penalty_kl_coef: float | None = None
     # the full study (`make study`, helpers.harness.study, notebook 05): fixed KL coefficients β, chosen so that the
     # penalty on the pitfall's step-0 drift, β·KL(SFT‖base) per response, is `study_beta_ratios` times the
     # reward's spread across responses; `study_seeds` paired seeds; steps from the power calculation (None)
@@ -222,7 +225,12 @@ PROFILES: dict[str, Profile] = {
             comparison_eval_every=4,
             comparison_eval_prompts=16,
             perplexity_texts=8,
-            penalty_steps=4,
+            # The penalty alone at a fixed β 0.3 (the v2 study's largest, v1's middle, where the pull was clear),
+            # not 03's adaptive β from 0.05: at 0.05 its pull was inconclusive in 04 (-0.049 [-0.300, +0.202],
+            # 3 seeds x 4 steps, 2026-12-05). One look at β 0.3 (3 seeds x 4 steps): pull -0.224 [-0.331, -0.117],
+            # settled; perplexity +1.04 [-1.39, +3.47], "about 2x the steps to settle", hence 8 steps
+            penalty_kl_coef=0.3,
+            penalty_steps=8,
             penalty_eval_every=4,
             # the second stage's rule asked for 26 recipe seeds (2026-12-03); the session's compute budget
             # allowed 20 (expected z 3.4 at the first stage's effect and spread, not 3.9)

@@ -82,7 +82,15 @@ def plan_from_profile(profile: Profile, arms: list[str] | None = None, seed: int
                 steps=steps, side_steps=min(steps, profile.comparison_side_steps or steps),
                 eval_every=profile.comparison_eval_every, penalty_steps=penalty_steps,
                 penalty_eval_every=profile.penalty_eval_every, main=main,
-                penalty=config_from_profile(profile, **ppo_overrides), reward=profile.reward)
+                penalty=penalty_config(profile, **ppo_overrides), reward=profile.reward)
+
+
+def penalty_config(profile: Profile, **ppo_overrides) -> PPOConfig:
+    """The penalty alone's PPO settings: 03's, at the profile's fixed β where it sets one (penalty_kl_coef)."""
+    config = config_from_profile(profile, **ppo_overrides)
+    if profile.penalty_kl_coef is None or "init_kl_coef" in ppo_overrides:
+        return config
+    return replace(config, init_kl_coef=profile.penalty_kl_coef, adaptive_kl=False)
 
 
 def comparison_configs(plan: Plan) -> dict[str, PPOConfig]:
