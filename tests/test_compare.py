@@ -289,8 +289,11 @@ def test_each_study_runs_its_own_ppo_settings():
     assert main.learning_rate == penalty.learning_rate == ppo.learning_rate
     # every run of a study carries its study's settings; the side arms run as many steps as the claim arms
     for run in plan.runs():
-        assert (run.config.batch_size, run.config.steps) == ((8, plan.steps) if run.study == "main" else (16, 4))
+        assert (run.config.batch_size, run.config.steps) == ((8, plan.steps) if run.study == "main" else
+                                                             (16, plan.penalty_steps))
         assert run.reward == ("off" if run.study == "penalty" else smol.reward)
+        # the penalty alone at the profile's fixed β (reward off: β alone sets the pull), the main study adaptive
+        assert run.beta == (smol.penalty_kl_coef if run.study == "penalty" else None)
 
 
 @pytest.mark.slow
