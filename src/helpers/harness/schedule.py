@@ -76,8 +76,8 @@ def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = F
     """Execute every run not yet done with its fingerprint; each lands in `folder/runs/...` in one atomic
     step, and the combined tables named in `combined` are rewritten after each. `run_missing=False` runs
     nothing: the results are the runs that have landed with their fingerprint. `workers` > 1 runs them on Ray
-    ($RAY_ADDRESS's cluster if set) (helpers.harness.workers; "auto": 2 on a CPU machine with Ray, else 1); the
-    driver writes every file either way. `keep_changed=True` (a committed study): runs made with other
+    workers, on $RAY_ADDRESS's cluster if set (helpers.harness.workers; "auto": 2 on a CPU machine with Ray,
+    else 1); the driver writes every file either way. `keep_changed=True` (a committed study): runs made with other
     settings are refused instead of replaced, unless `force`. With nothing landed, `run_missing=False` writes
     no table (a report never replaces results with empty tables)."""
     folder = Path(folder)
@@ -101,6 +101,9 @@ def _run_all(runs, inputs, folder, force, progress, combined, run_missing, worke
             log.pending(run, why)
         else:
             todo[run.label] = (run, fingerprint, why)
+    replaced = [r for r in todo if (folder / "runs" / todo[r][0].path / "fingerprint.json").exists()]
+    if force and replaced:
+        print(f"force: {len(replaced)} of {len(runs)} runs in {folder} will be replaced", flush=True)
     changed = [r for r, _, why in todo.values() if why.startswith("settings changed")]
     if keep_changed and changed and not force:
         raise ValueError(f"{len(changed)} of {len(runs)} runs in {folder} were made with other settings (first: "
