@@ -124,6 +124,11 @@ def compute_dtype(profile: Profile) -> torch.dtype:
     return resolve_dtype(profile.dtype)
 
 
+def compute_dtype_name(profile: Profile) -> str:
+    """`compute_dtype` as recorded in fingerprints and manifests: "float32", "bfloat16", ..."""
+    return str(compute_dtype(profile)).removeprefix("torch.")
+
+
 def load_model(profile: Profile, path: str | os.PathLike | None = None, quantize: str | None = None,
                dtype: torch.dtype | None = None, on: str | torch.device | None = None):
     """A causal LM: the profile's base model, or a saved folder (e.g. the merged model from notebook 02).

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..artifacts import read_json, require, stage_dir
-from ..models import compute_dtype
+from ..models import compute_dtype_name
 from ..profiles import Profile
 from ..provenance import check_count, content_hash
 from .arms import Sources, check_arms, profile_quantization
@@ -123,7 +123,7 @@ class Inputs:
                 "sft_adapter": content_hash(self.sources.sft_adapter),
                 "merged_model": self.merged_from or content_hash(self.sources.merged_dir),
             }
-            dtype = str(compute_dtype(self.profile)).removeprefix("torch.")
+            dtype = compute_dtype_name(self.profile)
             if dtype != "float32":  # absent for fp32, the one dtype before the setting: committed runs keep theirs
                 self._common["dtype"] = dtype
         return self._common

@@ -47,7 +47,7 @@ import pandas as pd
 from ..artifacts import locked, project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
 from ..data import load_imdb, perplexity_reviews, ppo_queries
 from ..merge import merge_adapter, save_merged
-from ..models import compute_dtype, load_tokenizer
+from ..models import compute_dtype_name, load_tokenizer
 from ..ppo import config_from_profile
 from ..profiles import Profile, get_profile
 from ..provenance import check_count, content_hash, where_it_ran
@@ -204,8 +204,8 @@ def _run_study(profile, folder, out, force, command, execute, workers) -> Result
     manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
     ran = results.runs
     manifest.update({
-        "command": command, "profile": profile.name, "dtype": dtype_name(profile), "design": _jsonable(design),
-        "sizing": sizing,
+        "command": command, "profile": profile.name, "dtype": compute_dtype_name(profile),
+        "design": _jsonable(design), "sizing": sizing,
         "runs": len(runs), "runs_done": int(len(ran)),
         "compute_s": float(ran["total_time_s"].sum()) if len(ran) else 0.0,
         "commits": sorted(set(ran["commit"].astype(str))) if len(ran) else [],
@@ -220,10 +220,6 @@ def _run_study(profile, folder, out, force, command, execute, workers) -> Result
     return results
 
 
-def dtype_name(profile: Profile) -> str:
-    return str(compute_dtype(profile)).removeprefix("torch.")
-
-
 def check_same_setting(profile: Profile, folder: Path) -> None:
     """A study folder holds one PPO setting and dtype: a profile whose settings differ from the committed
     manifest's is refused (with what differs), instead of replacing its runs one by one."""
@@ -233,7 +229,8 @@ def check_same_setting(profile: Profile, folder: Path) -> None:
     m = read_json(manifest)
     committed = {k: v for k, v in m["design"]["ppo"].items() if k != "steps"}
     current = {k: v for k, v in _jsonable_ppo(config_from_profile(profile, adaptive_kl=False)).items() if k != "steps"}
-    committed["dtype"], current["dtype"] = m.get("dtype", "float32"), dtype_name(profile)  # fp32 before it was recorded
+    # a manifest from before the dtype was recorded was made in float32
+    committed["dtype"], current["dtype"] = m.get("dtype", "float32"), compute_dtype_name(profile)
     changed = {k: (committed.get(k), current.get(k)) for k in set(committed) | set(current)
                if json.dumps(committed.get(k)) != json.dumps(current.get(k))}
     if changed:
