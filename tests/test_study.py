@@ -99,6 +99,42 @@ def test_recipe_seeds_run_the_recipe_alone_after_the_paired_seeds():
     assert runs[-2:] == extra and {(r.arm, r.beta, r.seed) for r in extra} == {(RECIPE, 0.3, 2), (RECIPE, 0.3, 3)}
 
 
+def _twins(flip_at: int | None = None, step0_perplexity: float = 60.0, rounding: float = 1e-6) -> Results:
+    """stacked and merged+disabled on one seed, 6 steps: the same tokens, so a bit-equal reward, and every
+    other curve equal up to `rounding`; from `flip_at` the sampler drew another token (reward +0.1)."""
+    def tables(arm, twin):
+        r = np.linspace(0.1, 0.6, 6)
+        if twin and flip_at is not None:
+            r[flip_at:] += 0.1
+        off = rounding if twin else 0.0
+        key = {"study": STUDY, "arm": arm, "beta": 0.03, "seed": 0}
+        metrics = pd.DataFrame({**key, "step": range(6), "reward_mean": r, "kl_ref": np.linspace(0, 0.1, 6) + off})
+        evaluation = pd.DataFrame({**key, "step": [0, 2, 6], "reward_mean": [r[0], r[2], r[-1]],
+                                   "perplexity": [step0_perplexity if twin else 60.0, 61.0 + off, 62.0 + off]})
+        return metrics, evaluation
+    (m1, e1), (m2, e2) = tables("stacked", True), tables("merged+disabled", False)
+    return Results(pd.concat([m1, m2]), pd.concat([e1, e2]), pd.DataFrame(), pd.DataFrame({"study": [STUDY] * 2,
+                   "arm": ["stacked", "merged+disabled"], "beta": [0.03] * 2, "seed": [0, 0]}))
+
+
+def test_stacked_is_compared_while_both_runs_sample_the_same_tokens():
+    claim = Claim("stacking equals merging", "stacked", "merged+disabled", "curves_same_tokens", "=",
+                  study=STUDY, beta=0.03, tolerance=1e-2)
+    verdict_of = lambda results: findings(results, [claim]).iloc[0]  # noqa: E731
+    assert verdict_of(_twins()).verdict == "as expected"
+    # a near-tie flips a token at step 3: two random paths from then on, not a stacking error
+    flipped = verdict_of(_twins(flip_at=3))
+    assert flipped.verdict == "as expected" and flipped.effect < 1e-5
+    # the same flip read over every step is 0.1 apart (the old measure)
+    assert findings(_twins(flip_at=3), [replace(claim, measure="curves_relative")]).iloc[0].verdict == "differs"
+    # a stacking error (the SFT adapter not applied) shows in step 0's perplexity, which involves no sampling
+    assert verdict_of(_twins(flip_at=2, step0_perplexity=94.0)).verdict == "differs"
+    assert verdict_of(_twins(flip_at=2, rounding=0.05)).verdict == "differs"  # beyond float rounding, same tokens
+    # runs that part before the first trained evaluation are no evidence either way: never "as expected"
+    assert verdict_of(_twins(flip_at=1)).verdict == "inconclusive"
+    assert verdict_of(_twins(flip_at=0, step0_perplexity=94.0)).verdict == "inconclusive"
+
+
 # --- a whole study on tiny ---------------------------------------------------------------------------------
 
 
@@ -243,9 +279,10 @@ def test_at_beta_zero_the_pitfall_and_its_control_are_the_same_run(tiny, tiny_ou
 def test_the_committed_smol_study_recomputes_to_its_committed_verdicts():
     folder = study_dir("smol")
     results, design, manifest = load_study(folder)
-    committed = pd.read_csv(folder / "findings.csv", keep_default_na=False)
-    again = findings(results, study_claims(design))
-    assert list(committed.claim) == list(again.claim)
+    committed = pd.read_csv(folder / "findings.csv", keep_default_na=False, dtype={"beta": str})
+    # every claim the study was committed with, recomputed by today's code (a claim added since is new)
+    again = findings(results, study_claims(design)).set_index(["claim", "beta"]).loc[
+        list(zip(committed.claim, committed.beta))]
     np.testing.assert_allclose(committed.effect.astype(float), again.effect.astype(float), rtol=1e-9)
     assert list(committed.verdict) == list(again.verdict)
     assert manifest["runs_done"] == len(results.runs) and set(results.runs.arm) <= set(EVERY_BETA + AT_MIDDLE) | {"stacked"}

@@ -19,37 +19,37 @@ def _summary(row) -> str:
     return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {int(row['n_seeds'])} seeds)"
 
 
+# what a verdict means for a claim that says "slower": "differs" is the other side of zero, i.e. faster
+SLOWER_SAYS = {"as expected": "slower", "differs": "faster, not slower", "inconclusive": "not shown slower"}
+
+
 def thread_answers(table: pd.DataFrame, design: Design) -> pd.DataFrame:
     """The thread's four questions, each with a one-line answer composed from the findings table (`findings` of
-    `study_claims`): the effect, its 95% interval, the verdict and the number of paired seeds."""
-    t = table.set_index(["claim", "beta"])
+    `study_claims`, claims looked up by key): the effect, its 95% interval, the verdict and the paired seeds."""
+    t = table.set_index(["key", "beta"])
     mid = f"{design.middle:g}"
 
-    def row(claim, beta=mid):
-        return t.loc[(claim, beta)] if (claim, beta) in t.index else None
+    def say(key, beta=mid, what=""):
+        return f"{what}{_summary(t.loc[(key, beta)])}" if (key, beta) in t.index else f"{what}not run yet"
 
-    def say(claim, beta=mid, what=""):
-        r = row(claim, beta)
-        return f"{what}{_summary(r)}" if r is not None else f"{what}not run yet"
+    def pace(key):  # a "slower" claim, in words computed from its verdict
+        return SLOWER_SAYS[t.loc[(key, mid), "verdict"]] + ": " if (key, mid) in t.index else ""
 
-    pull = "the pitfall pulls the policy towards the base"
     answers = [
         ("Why merge? (keep the SFT adapter, reference = adapters disabled = the base)",
-         say(pull, what=f"at β = {mid}, Δ KL to the base (nats/token), pitfall − control: ") + "; " +
-         say("the pitfall raises held-out IMDB perplexity", what="Δ perplexity: ") + "; " +
-         say(f"{pull}, more so at larger β", "slope", "slope of the pull per ×10 of β: ")),
+         say("pull", what=f"at β = {mid}, Δ KL to the base (nats/token), pitfall − control: ") + "; " +
+         say("perplexity", what="Δ perplexity: ") + "; " +
+         say("pull", "slope", "slope of the pull per ×10 of β: ")),
         ("Why not keep training the SFT adapter, with the SFT adapter as the reference?",
-         say("keeping the SFT adapter (right reference) reaches less reward at matched KL to SFT than merging",
-             what="held-out reward at matched KL to SFT, kept − merged: ") + "; " +
-         say("keeping the SFT adapter (right reference) gains less reward per step than merging",
-             what="gain per step: ")),
+         say("kept_at_kl", what="held-out reward at matched KL to SFT, kept − merged: ") + "; " +
+         say("kept_kl_per_step", what=f"KL to SFT per step, kept − merged: {pace('kept_kl_per_step')}") + "; " +
+         say("kept_gain_per_step", what=f"reward gain per step: {pace('kept_gain_per_step')}")),
         ("Does SFT first make RL converge faster than RL from the base?",
-         say("SFT first gains more held-out reward than RL from the base", what="reward gain, SFT first − base: ")
-         + "; " + say("SFT first reaches more reward at matched KL to its reference than RL from the base",
-                      what="at matched KL to each one's reference: ")),
+         say("sft_first_gain", what="reward gain, SFT first − base: ") + "; " +
+         say("sft_first_at_kl", what="at matched KL to each one's reference: ")),
         ("Can I stack a new LoRA on the frozen SFT adapter instead of merging?",
-         say("stacking the SFT adapter under a new LoRA equals merging it",
-             what="largest relative difference from merged+disabled in any curve, worst seed: ")),
+         say("stacked", what="largest relative difference from merged+disabled in any curve while both sample "
+                             "the same tokens, worst seed: ")),
     ]
     return pd.DataFrame(answers, columns=["question", "answer from the study"])
 

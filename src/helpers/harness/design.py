@@ -58,34 +58,41 @@ class Design:
 
 
 def study_claims(design: Design) -> list[Claim]:
-    """Every question of the thread as a claim, each against the arm that differs from it in one thing."""
+    """Every question of the thread as a claim, each against the arm that differs from it in one thing; the
+    answers (helpers.harness.answers) look them up by key."""
     pit, ctl, mid = "adapter+disabled", "adapter+ref-adapter", design.middle
-    pitfall = [("the pitfall pulls the policy towards the base", "kl_base_change", "<0"),
-               ("the pitfall drifts further from the SFT model", "kl_sft_end", ">0"),
-               ("the pitfall raises held-out IMDB perplexity", "perplexity_end", ">0")]
-    claims = [Claim(text, pit, ctl, measure, sign, study=STUDY, beta=b) for b in design.betas
-              for text, measure, sign in pitfall]
-    claims += [Claim(f"{text}, more so at larger β", pit, ctl, measure, sign, study=STUDY, over_beta=True)
-               for text, measure, sign in pitfall]
+    pitfall = [("pull", "the pitfall pulls the policy towards the base", "kl_base_change", "<0"),
+               ("drift", "the pitfall drifts further from the SFT model", "kl_sft_end", ">0"),
+               ("perplexity", "the pitfall raises held-out IMDB perplexity", "perplexity_end", ">0")]
+    claims = [Claim(text, pit, ctl, measure, sign, study=STUDY, beta=b, key=key) for b in design.betas
+              for key, text, measure, sign in pitfall]
+    claims += [Claim(f"{text}, more so at larger β", pit, ctl, measure, sign, study=STUDY, over_beta=True, key=key)
+               for key, text, measure, sign in pitfall]
+    kept = "keeping the SFT adapter (right reference)"
     claims += [
-        Claim("keeping the SFT adapter (right reference) reaches less reward at matched KL to SFT than merging",
-              ctl, RECIPE, "reward_at_kl_sft", "<0", study=STUDY, beta=mid),
-        Claim("keeping the SFT adapter (right reference) gains less reward per step than merging", ctl,
-              RECIPE, "reward_gain_per_step", "<0", study=STUDY, beta=mid),
+        Claim(f"{kept} reaches less reward at matched KL to SFT than merging", ctl, RECIPE, "reward_at_kl_sft", "<0",
+              study=STUDY, beta=mid, key="kept_at_kl"),
+        Claim(f"{kept} gains less reward per step than merging", ctl, RECIPE, "reward_gain_per_step", "<0",
+              study=STUDY, beta=mid, key="kept_gain_per_step"),
+        # the thread's "possible, but it converges slowly", read as distance moved: a fresh LoRA starts at
+        # B = 0, the kept adapter does not
+        Claim(f"{kept} moves away from the SFT model more slowly per step than merging", ctl, RECIPE,
+              "kl_sft_per_step", "<0", study=STUDY, beta=mid, key="kept_kl_per_step"),
         Claim("SFT first gains more held-out reward than RL from the base", RECIPE, "base+disabled",
-              "reward_gain", ">0", study=STUDY, beta=mid),
+              "reward_gain", ">0", study=STUDY, beta=mid, key="sft_first_gain"),
         Claim("SFT first reaches more reward at matched KL to its reference than RL from the base",
-              RECIPE, "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid),
+              RECIPE, "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid, key="sft_first_at_kl"),
         Claim("SFT first ends with a higher held-out reward than RL from the base", RECIPE,
-              "base+disabled", "reward_end", ">0", study=STUDY, beta=mid),
-        # equal up to float rounding, which PPO's steps amplify: after 3 steps on tiny the largest relative
-        # difference was 1.6e-4 on the reference path and 1.35e-3 on the fast path (helpers.fastpath; smol's
-        # study, 15 steps on the reference path: 3.8e-4). A stacking error moves KL to the base by
-        # KL(SFT || base), > 0.1 on every profile: far outside 1e-2
+              "base+disabled", "reward_end", ">0", study=STUDY, beta=mid, key="sft_first_end"),
+        # equal up to float rounding while both runs sample the same tokens (verdicts._curve_difference). On
+        # that window the largest relative difference was 1.6e-4 after 3 steps on tiny (reference path),
+        # 1.35e-3 on the fast path (helpers.fastpath), 3.8e-4 in smol's v1 (15 steps), 3.9e-3 in v2 (20 steps).
+        # A stacking error moves KL to the base by KL(SFT || base), > 0.1 on every profile, and perplexity
+        # at step 0 by the SFT's own change (94 -> 58 on smol): far outside 1e-2
         Claim("stacking the SFT adapter under a new LoRA equals merging it", "stacked", RECIPE,
-              "curves_relative", "=", study=STUDY, beta=mid, tolerance=1e-2),
+              "curves_same_tokens", "=", study=STUDY, beta=mid, tolerance=1e-2, key="stacked"),
         Claim("the pitfall: KL to the reference starts at KL(SFT‖base) > 0", pit, ctl, "kl_ref_start", ">0",
-              study=STUDY, beta=mid, kind="sanity"),
+              study=STUDY, beta=mid, kind="sanity", key="kl_ref_start"),
     ]
     return claims
 

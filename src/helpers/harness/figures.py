@@ -165,7 +165,7 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None):
         ax.set_xscale("log")
         title = cs[0].claim
         if slopes is not None:
-            row = slopes[slopes["claim"].str.startswith(cs[0].claim)]
+            row = slopes[slopes["key"] == cs[0].key]
             if len(row):
                 r = row.iloc[0]
                 title += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"

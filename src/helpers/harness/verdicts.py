@@ -92,6 +92,7 @@ class Claim:
     beta: float | None = None  # the runs at this fixed KL coefficient only (None: the study's only setting)
     over_beta: bool = False  # a dose-response: per seed, the slope of (arm - control) against log10 β
     kind: str = "finding"  # or "sanity": true by construction, shown apart
+    key: str = ""  # a short name the answers look a claim up by (its wording may change)
 
 
 def _eval_at(results: Results, arm: str, column: str, where: str) -> pd.Series:
@@ -102,20 +103,52 @@ def _eval_at(results: Results, arm: str, column: str, where: str) -> pd.Series:
     return e[e["step"] == steps].set_index("seed")[column]
 
 
-def _curve_difference(results: Results, arm: str, control: str, relative: bool = False) -> pd.Series:
+def _curve_difference(results: Results, arm: str, control: str, relative: bool = False,
+                      same_tokens: bool = False) -> pd.Series:
     """Per seed: the largest |difference| in any reward, KL, loss or perplexity column at the steps both ran
-    (`relative`: divided by max(1, |control|), so perplexities of ~60 and KLs of ~0.1 share one tolerance)."""
+    (`relative`: divided by max(1, |control|), so perplexities of ~60 and KLs of ~0.1 share one tolerance).
+
+    `same_tokens`: only where both runs sampled the same tokens. Float rounding that differs between two
+    equal computations is amplified by PPO's updates until, at a near-tie, the sampler draws another token;
+    from then on the runs are two different random paths (on smol's study v2, a relative 1e-6 to 4e-3 for
+    20 steps, then 0.1 within a step). The reward is a function of the sampled text, so a step whose mean
+    reward is bit-equal in both runs sampled the same tokens. Compared: training steps before the first
+    step whose rollout differs; evaluations up to that step whose sampled reward is bit-equal, and their
+    perplexity (on fixed reviews, no sampling) at every evaluation up to that step. A real difference in the
+    model (an adapter not applied, or trained when it should be frozen) shows at step 0 or within a step."""
     out = {}
-    for table in (results.metrics, results.evaluation):
-        cols = [c for c in table.columns if c.startswith(("reward", "kl_", "policy_loss", "value_loss", "perplexity"))]
-        a = table[table["arm"] == arm].set_index(["seed", "step"])[cols]
-        b = table[table["arm"] == control].set_index(["seed", "step"])[cols]
-        both = a.index.intersection(b.index)
-        diff = (a.loc[both] - b.loc[both]).abs()
-        if relative:
-            diff = diff / b.loc[both].abs().clip(lower=1.0)
-        for seed, d in diff.groupby(level="seed"):
-            out[seed] = max(out.get(seed, 0.0), float(d.max().max()))
+    m, e = results.metrics, results.evaluation
+    for seed in sorted(set(m[m.arm == arm].seed) & set(m[m.arm == control].seed)):
+        tables = {}
+        for name, table in (("metrics", m), ("evaluation", e)):
+            a, b = (table[(table.arm == x) & (table.seed == seed)].set_index("step") for x in (arm, control))
+            both = a.index.intersection(b.index)
+            tables[name] = a.loc[both], b.loc[both]
+        a, b = tables["metrics"]
+        differs = a.index[a.reward_mean.to_numpy() != b.reward_mean.to_numpy()] if same_tokens else []
+        first = min(differs) if len(differs) else math.inf
+        trained = [s for s in tables["evaluation"][0].index if s > 0]
+        if same_tokens and trained and first < min(trained):
+            # diverged before the first evaluation of a trained policy: too soon for rounding, and nothing
+            # after an update is left to compare (not evidence either way)
+            out[seed] = math.nan
+            continue
+        worst = 0.0
+        for name, (a, b) in tables.items():
+            cols = [c for c in a.columns if c.startswith(("reward", "kl_", "policy_loss", "value_loss", "perplexity"))]
+            if same_tokens:
+                keep = a.index < first if name == "metrics" else a.index <= first
+                a, b = a[keep], b[keep]
+                if name == "evaluation":  # sampled columns where the sample is the same, perplexity always
+                    sampled = a.reward_mean.to_numpy() != b.reward_mean.to_numpy()
+                    a = a[cols].mask(pd.DataFrame({c: sampled & (c != "perplexity") for c in cols}, index=a.index))
+                    b = b[cols]
+            diff = (a[cols] - b[cols]).abs()
+            if relative:
+                diff = diff / b[cols].abs().clip(lower=1.0)
+            if diff.notna().to_numpy().any():
+                worst = max(worst, float(np.nanmax(diff.to_numpy(dtype=float))))
+        out[seed] = worst
     return pd.Series(out, dtype=float)
 
 
@@ -145,11 +178,13 @@ def reward_at_matched_kl(results: Results, arm: str, control: str, kl: str) -> p
     return pd.Series(out, dtype=float)
 
 
+def _last_step(r: Results, a: str) -> pd.Series:
+    return r.evaluation[r.evaluation["arm"] == a].groupby("seed")["step"].max()
+
+
 def _gain(r: Results, a: str, per_step: bool = False) -> pd.Series:
     gain = _eval_at(r, a, "reward_mean", "last") - _eval_at(r, a, "reward_mean", "first")
-    if per_step:
-        gain = gain / r.evaluation[r.evaluation["arm"] == a].groupby("seed")["step"].max()
-    return gain
+    return gain / _last_step(r, a) if per_step else gain
 
 
 MEASURES: dict[str, tuple[str, Callable[[Results, str], pd.Series]]] = {
@@ -164,6 +199,8 @@ MEASURES: dict[str, tuple[str, Callable[[Results, str], pd.Series]]] = {
     "reward_end": ("held-out reward at the end", lambda r, a: _eval_at(r, a, "reward_mean", "last")),
     "reward_gain": ("held-out reward gain, end minus step 0", _gain),
     "reward_gain_per_step": ("held-out reward gain per PPO step", lambda r, a: _gain(r, a, per_step=True)),
+    "kl_sft_per_step": ("held-out KL to the SFT model at the end per PPO step (nats/token)",
+                        lambda r, a: _eval_at(r, a, "kl_sft_exact", "last") / _last_step(r, a)),
     "step_time": ("seconds per PPO step (median, warm-up excluded)",
                   lambda r, a: r.runs[r.runs["arm"] == a].set_index("seed")["step_time_median_s"]),
     "model_bytes": ("MiB of weights held",
@@ -175,6 +212,8 @@ PAIRED: dict[str, tuple[str, Callable[[Results, str, str], pd.Series]]] = {
     "curves": ("largest |difference| in any curve", _curve_difference),
     "curves_relative": ("largest |difference| in any curve, relative to max(1, |control|)",
                         lambda r, a, c: _curve_difference(r, a, c, relative=True)),
+    "curves_same_tokens": ("largest |difference| in any curve while both sample the same tokens, relative to "
+                           "max(1, |control|)", lambda r, a, c: _curve_difference(r, a, c, True, same_tokens=True)),
     "reward_at_kl_sft": ("held-out reward at the KL to the SFT model both reached",
                          lambda r, a, c: reward_at_matched_kl(r, a, c, "kl_sft_exact")),
     "reward_at_kl_ref": ("held-out reward at the KL to its own reference both reached",
@@ -204,7 +243,7 @@ CLAIMS = [
           "step_time", ">0"),
 ]
 
-FINDING_COLUMNS = ["kind", "claim", "study", "beta", "arm", "control", "measure", "expected", "effect", "ci_low",
+FINDING_COLUMNS = ["kind", "key", "claim", "study", "beta", "arm", "control", "measure", "expected", "effect", "ci_low",
                    "ci_high", "n_seeds", "verdict", "to_settle"]
 GROWS_WITH_STEPS = {"kl_base_change", "kl_sft_end", "perplexity_end", "reward_end", "reward_gain"}
 
@@ -245,7 +284,7 @@ def findings(results: Results, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
         if not len(r.runs) or not {c.arm, c.control} <= set(r.runs["arm"]):
             continue
         unit, values = beta_slopes(results, c) if c.over_beta else paired_values(r, c)
-        rows.append({"kind": c.kind, "claim": c.claim, "study": c.study,
+        rows.append({"kind": c.kind, "key": c.key, "claim": c.claim, "study": c.study,
                      "beta": "slope" if c.over_beta else ("" if c.beta is None else f"{c.beta:g}"),
                      "arm": c.arm, "control": c.control, "measure": unit, "expected": c.expected,
                      **verdict(values.to_numpy(), c.expected, c.tolerance,
