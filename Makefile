@@ -16,9 +16,12 @@
 #                                                      and bitsandbytes, in a separate venv (.venv-latest)
 PYTHON     ?= python3
 VENV       ?= .venv
-PROFILE    ?= smol
+# PROFILE, WORKERS and DTYPE default to nothing: the package decides (helpers.profiles.configure, one
+# precedence: the value given here, else $TUTORIAL_PROFILE / $TUTORIAL_WORKERS / $TUTORIAL_DTYPE, else smol,
+# "auto" and the profile's dtype)
+PROFILE    ?=
 OUTPUT_DIR ?= outputs
-WORKERS    ?= auto
+WORKERS    ?=
 DTYPE      ?=
 NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison 05_study
 # torch is installed on its own first: a plain `torch` requirement would pull a multi-GB CUDA
@@ -61,9 +64,8 @@ test-fast: install
 # The study's SFT adapter is committed with it (docs/study/<profile>/inputs/); the first run takes it from
 # notebook 01's output, made here if missing.
 study: install
-	test -d docs/study/$(PROFILE)/inputs/sft_adapter || test -d $(OUTPUT_DIR)/$(PROFILE)/01_sft/adapter || \
-		$(MAKE) tutorial NOTEBOOKS=01_sft_lora
-	$(PY) -m helpers.harness.study --profile $(PROFILE) --out $(OUTPUT_DIR) --workers $(WORKERS) $(if $(DTYPE),--dtype $(DTYPE))
+	$(PY) -m helpers.harness.study $(if $(PROFILE),--profile $(PROFILE)) --out $(OUTPUT_DIR) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(DTYPE),--dtype $(DTYPE))
 
 # jupyter refuses to run as root without --allow-root (containers, CI)
 lab: install
@@ -72,7 +74,7 @@ lab: install
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 publish: install
-	$(PY) -m helpers.harness.publish $(OUTPUT_DIR)/$(PROFILE)/notebooks docs/notebooks README.md
+	$(PY) -m helpers.harness.publish $(if $(PROFILE),--profile $(PROFILE)) --out $(OUTPUT_DIR)
 
 test-latest:
 	$(MAKE) install VENV=$(LATEST_VENV)

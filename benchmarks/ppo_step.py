@@ -215,7 +215,7 @@ def setup(profile_name: str, dtype_name: str, steps: int, stage=lambda name: Non
         dtype_name = str(resolve_dtype("auto")).removeprefix("torch.")
     merged_dir = require(stage_dir(output_dir(), profile.name, "02_merge") / "model", "02_merge", profile.name)
     # the dtype passed explicitly: the same script measures code from before the `dtype` setting existed
-    model = load_model(profile, merged_dir, quantize="8bit" if profile.load_in_8bit else None,
+    model = load_model(profile, merged_dir, quantize=profile.quantize,
                        dtype=getattr(torch, dtype_name))
     tokenizer = load_tokenizer(merged_dir)
     stage("after the weights")

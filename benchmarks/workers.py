@@ -23,8 +23,7 @@ import time
 import torch
 
 import helpers  # noqa: F401
-from helpers import get_profile
-from helpers.profiles import profile_name
+from helpers.profiles import configure, profile_name
 from helpers.data import load_imdb, perplexity_reviews, ppo_queries
 from helpers.harness.compare import plan_from_profile
 from helpers.harness.run import inputs_from_outputs
@@ -41,15 +40,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
-    profile = get_profile(args.profile).with_overrides(comparison_eval_every=args.steps)
-    plan = plan_from_profile(profile, seeds=args.runs, steps=args.steps, penalty_steps=0)
+    profile = configure(args.profile, comparison_eval_every=args.steps, comparison_seeds=args.runs,
+                        comparison_steps=args.steps, comparison_penalty_steps=0)
+    plan = plan_from_profile(profile)
     runs = plan.runs()[: args.runs]
     data = load_imdb(profile)
     from helpers.artifacts import output_dir, stage_dir
 
     tokenizer = load_tokenizer(stage_dir(output_dir(), profile.name, "02_merge") / "model")
     queries = ppo_queries(data["train"]["text"], tokenizer, n=args.steps * plan.main.batch_size, seed=0)
-    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=profile.comparison_eval_prompts, seed=1)
+    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=profile.comparison.eval_prompts, seed=1)
     inputs = inputs_from_outputs(profile, None, tokenizer, queries, eval_queries, load_reward(profile),
                                  perplexity_reviews(profile, data))
     inputs.fingerprint()  # hashed once, before the clock

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helpers.artifacts import stage_dir
+from helpers.profiles import configure
 from helpers.data import load_imdb, ppo_queries
 from helpers.harness.arms import ARMS, build_arm, yardsticks
 from helpers.harness.compare import comparison_configs, plan_from_profile, run_comparison
@@ -127,7 +128,7 @@ def test_every_arm_ran_its_seeds_with_the_required_columns(tables, tiny):
     main = runs[runs.study == "main"]
     for arm in ARMS:
         assert sorted(main[main.arm == arm].seed) == list(plan.seeds if ARMS[arm].claim else plan.side_seeds)
-    assert len(plan.seeds) == tiny.comparison_seeds >= 2
+    assert len(plan.seeds) == tiny.comparison.seeds >= 2
     penalty = runs[runs.study == "penalty"]
     assert set(penalty.arm) == {"adapter+disabled", "adapter+ref-adapter"} and set(penalty.seed) == set(plan.seeds)
 
@@ -241,9 +242,10 @@ def fresh_outputs(tiny_outputs, tmp_path):
 def one_arm(tiny, out, capsys, **config_overrides):
     tokenizer = load_tokenizer(stage_dir(out, "tiny", "02_merge") / "model")
     data = load_imdb(tiny)
-    queries = ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo_batch_size, seed=0)
+    queries = ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo.batch_size, seed=0)
     eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1)
-    plan = plan_from_profile(tiny, arms=["merged+disabled"], seeds=1, steps=2, penalty_steps=0, **config_overrides)
+    plan = plan_from_profile(tiny.with_overrides(comparison_seeds=1, comparison_steps=2, comparison_penalty_steps=0),
+                             arms=["merged+disabled"], **config_overrides)
     plan = replace(plan, eval_every=2, reward="vader")
     inputs = inputs_from_outputs(tiny, out, tokenizer, queries, eval_queries, vader_reward(), reward_name="vader")
     results = run_comparison(plan.runs(), inputs, out)
@@ -258,15 +260,15 @@ def test_resume_reruns_exactly_when_something_that_decides_the_results_changed(t
     landed = (run / "metrics.csv").stat().st_mtime_ns
     _, said = one_arm(tiny, fresh_outputs, capsys)
     assert "same settings, skipped" in said and (run / "metrics.csv").stat().st_mtime_ns == landed
-    results, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo_lr)
-    assert f"ppo.learning_rate: {tiny.ppo_lr} -> {2 * tiny.ppo_lr}" in said
+    results, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo.learning_rate)
+    assert f"ppo.learning_rate: {tiny.ppo.learning_rate} -> {2 * tiny.ppo.learning_rate}" in said
     assert (run / "metrics.csv").stat().st_mtime_ns != landed and len(results.metrics) == 2
     (run / "samples.csv").unlink()  # a run whose files did not all land is not done
-    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo_lr)
+    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo.learning_rate)
     assert "incomplete (missing samples.csv)" in said
     config = stage_dir(fresh_outputs, "tiny", "01_sft") / "adapter" / "adapter_config.json"
     config.write_text(config.read_text() + "\n")  # re-running notebook 01 changes the adapter's files
-    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo_lr)
+    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo.learning_rate)
     assert "settings changed (sft_adapter:" in said
 
 
@@ -293,14 +295,15 @@ def test_each_study_runs_its_own_ppo_settings():
                                                              (16, plan.penalty_steps))
         assert run.reward == ("off" if run.study == "penalty" else smol.reward)
         # the penalty alone at the profile's fixed β (reward off: β alone sets the pull), the main study adaptive
-        assert run.beta == (smol.penalty_kl_coef if run.study == "penalty" else None)
+        assert run.beta == (smol.comparison.penalty_kl_coef if run.study == "penalty" else None)
 
 
 @pytest.mark.slow
 def test_a_study_runs_with_its_own_config(tiny, fresh_outputs):
     tokenizer = load_tokenizer(stage_dir(fresh_outputs, "tiny", "02_merge") / "model")
     queries = ppo_queries(load_imdb(tiny)["train"]["text"], tokenizer, n=8, seed=0)
-    plan = plan_from_profile(tiny, arms=["adapter+disabled"], seeds=1, steps=1, penalty_steps=1)
+    plan = plan_from_profile(tiny.with_overrides(comparison_seeds=1, comparison_steps=1, comparison_penalty_steps=1),
+                             arms=["adapter+disabled"])
     plan = replace(plan, eval_every=1, penalty_eval_every=1, reward="vader",
                    main=replace(plan.main, batch_size=2, mini_batch_size=2),
                    penalty=replace(plan.penalty, batch_size=4, mini_batch_size=2))
@@ -329,22 +332,34 @@ def test_unknown_arm_lists_the_valid_ones(tiny):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(seeds=0), "SEEDS must be an integer >= 1, not 0"),
-    (dict(seeds=-2), "SEEDS must be an integer >= 1, not -2"),
-    (dict(steps=0), "STEPS must be an integer >= 1, not 0"),
-    (dict(penalty_steps=-1), "PENALTY_STEPS must be an integer >= 0, not -1"),
+    (dict(comparison_seeds=0), "comparison_seeds must be an integer >= 1, not 0"),
+    (dict(comparison_seeds=-2), "comparison_seeds must be an integer >= 1, not -2"),
+    (dict(comparison_steps=0), "comparison_steps must be an integer >= 1, not 0"),
+    (dict(comparison_penalty_steps=-1), "comparison_penalty_steps must be an integer >= 0, not -1"),
+    (dict(comparison_seeds=2.5), "comparison_seeds must be an integer >= 1, not 2.5"),
+])
+def test_plan_values_are_checked_where_they_enter(tiny, bad, message, monkeypatch):
+    """`SEEDS = 0` in 04's parameters used to run the profile's default seeds silently. A value from 04's
+    parameters and one from the environment ($TUTORIAL_COMPARISON_SEEDS) are checked alike."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        configure("tiny", **bad)
+    (name, value), = bad.items()
+    monkeypatch.setenv(f"TUTORIAL_{name.upper()}", str(value))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        configure("tiny")
+
+
+@pytest.mark.parametrize("bad, message", [
     (dict(seed=-1), "SEED must be an integer >= 0, not -1"),
-    (dict(seeds=2.5), "SEEDS must be an integer >= 1, not 2.5"),
     (dict(init_kl_coef=-0.1), "β must be >= 0, not -0.1"),
 ])
 def test_plan_values_are_checked_when_the_plan_is_built(tiny, bad, message):
-    """`SEEDS = 0` in 04's parameters used to run the profile's default seeds silently."""
     with pytest.raises(ValueError, match=re.escape(message)):
         plan_from_profile(tiny, **bad).runs()
 
 
 def test_a_run_is_a_frozen_value(tiny):
-    run = plan_from_profile(tiny, seed=3, seeds=1).runs()[0]
+    run = plan_from_profile(tiny.with_overrides(comparison_seeds=1), seed=3).runs()[0]
     assert run.config.seed == run.seed == 3 and run.label == "main/merged+disabled/seed3"
     with pytest.raises(Exception):
         run.seed = 4
@@ -355,8 +370,8 @@ def test_a_run_is_a_frozen_value(tiny):
 
 
 def test_plan_pairs_seeds(tiny):
-    plan = plan_from_profile(tiny, seed=5, seeds=3)
-    assert plan.seeds == (5, 6, 7) and plan.side_seeds == plan.seeds[: tiny.comparison_side_seeds]
+    plan = plan_from_profile(tiny.with_overrides(comparison_seeds=3), seed=5)
+    assert plan.seeds == (5, 6, 7) and plan.side_seeds == plan.seeds[: tiny.comparison.side_seeds]
     queries = [[i] for i in range(40)]
     assert seed_queries(queries, 5) == seed_queries(queries, 5) != seed_queries(queries, 6)
     assert sorted(seed_queries(queries, 6)) == queries
@@ -374,7 +389,7 @@ def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectu
     from helpers.models import load_model, lora_config
     from helpers.sft import save_adapter
 
-    profile = replace(tiny, model=str(tiny_architectures["gpt_neox"]), load_in_8bit=True, lora_targets=None)
+    profile = replace(tiny, model=str(tiny_architectures["gpt_neox"]), load_in_8bit=True, lora=replace(tiny.lora, targets=None))
     tokenizer = load_tokenizer(profile)
     base = load_model(profile)
     config = lora_config(profile, base)
@@ -387,8 +402,9 @@ def test_an_8bit_profile_loads_arms_and_yardsticks_in_8bit(tiny, tiny_architectu
     for arm in ("merged+copy", "adapter+ref-adapter"):
         built = build_arm(arm, profile, adapter, merged_dir, quantize="8bit")
         assert is_quantized(built.policy) and all(is_quantized(m) for m in built.holds[1:])
-    queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=2 * profile.ppo_batch_size, seed=0)
-    plan = replace(plan_from_profile(profile, arms=["merged+disabled"], seeds=1, steps=2, penalty_steps=0),
+    queries = ppo_queries(load_imdb(profile)["train"]["text"], tokenizer, n=2 * profile.ppo.batch_size, seed=0)
+    plan = replace(plan_from_profile(profile.with_overrides(comparison_seeds=1, comparison_steps=2, comparison_penalty_steps=0),
+                                    arms=["merged+disabled"]),
                    eval_every=2, reward="vader")
     inputs = inputs_from_outputs(profile, tmp_path, tokenizer, queries, queries[:4], vader_reward(), reward_name="vader")
     results = run_comparison(plan.runs(), inputs, tmp_path)

@@ -169,7 +169,7 @@ def final_evaluation(tiny, tokenizer, sft, data, seed: int, on_reference_path: b
     train_queries, heldout, reward = data
     with reference_path(on_reference_path):
         arm = ppo_arm(build_arm("merged+disabled", tiny, *sft, seed=seed), seed)
-        evaluator = Evaluator(tokenizer, heldout, reward, tiny.response_len, every=STEPS, samples_per_prompt=2,
+        evaluator = Evaluator(tokenizer, heldout, reward, tiny.ppo.response_len, every=STEPS, samples_per_prompt=2,
                               seed=100 + seed)
         train(arm.policy, arm.value_head, arm.reference, tokenizer, train_queries, reward,
               config_from_profile(tiny, steps=STEPS, seed=seed), evaluator=evaluator, progress=False)

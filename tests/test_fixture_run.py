@@ -60,7 +60,7 @@ def tiny_run(tiny, tokenizer, out, monkeypatch, replay: list | None = None) -> d
 
     monkeypatch.setattr(sampling, "generate_tokens", recording)
     arm = ppo_arm(build_arm("merged+disabled", tiny, adapter, merged_dir), seed=0)
-    evaluator = Evaluator(tokenizer, queries[-4:], vader_reward(), tiny.response_len, every=1,
+    evaluator = Evaluator(tokenizer, queries[-4:], vader_reward(), tiny.ppo.response_len, every=1,
                           yardsticks=yardsticks(tiny, merged_dir))
     metrics = train(arm.policy, arm.value_head, arm.reference, tokenizer, queries, vader_reward(),
                     config_from_profile(tiny, steps=3), evaluator=evaluator, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from helpers import get_profile
+from helpers import configure, get_profile
 
 SHOW_WARNINGS = """
 import logging, warnings
@@ -221,12 +221,13 @@ def test_make_clean_deletes_only_what_the_project_made(tmp_path):
      "seed must be an integer >= 0, not -1"),
     (lambda: __import__("helpers.ppo", fromlist=["x"]).PPOConfig(mini_batch_size=32, batch_size=16),
      r"mini_batch_size \(32\) must be at most batch_size \(16\)"),
-    (lambda: __import__("helpers.sft", fromlist=["x"]).train_sft(get_profile("tiny"), None, None, [], steps=0),
-     "STEPS must be an integer >= 1, not 0"),
-    (lambda: __import__("helpers.sft", fromlist=["x"]).train_sft(get_profile("tiny"), None, None, [], steps=-5),
-     "STEPS must be an integer >= 1, not -5"),
-    (lambda: get_profile("tiny").with_overrides(study_eval_points=1), "study_eval_points must be a number >= 2"),
-    (lambda: get_profile("tiny").with_overrides(ppo_lr=-1e-3), "ppo_lr must be a number > 0"),
+    # 01's SFT_STEPS = 0 or -5, from the notebook's parameter or from $TUTORIAL_SFT_STEPS
+    (lambda: configure("tiny", sft_steps=0), "sft_steps must be an integer >= 1, not 0"),
+    (lambda: configure("tiny", sft_steps=-5), "sft_steps must be an integer >= 1, not -5"),
+    (lambda: get_profile("tiny").with_overrides(study_eval_points=1), "study_eval_points must be an integer >= 2"),
+    (lambda: get_profile("tiny").with_overrides(sft_lr=0.0), "sft_lr must be a number > 0"),
+    (lambda: get_profile("tiny").with_overrides(sft_step=5), "Unknown profile field 'sft_step'. Valid: .*sft_steps"),
+    (lambda: get_profile("tiny").with_overrides(ppo_learning_rate=-1e-3), "learning_rate must be > 0"),
 ])
 def test_every_input_is_checked_where_it_enters(make, message):
     with pytest.raises(ValueError, match=message):

@@ -12,6 +12,7 @@ from conftest import NOTEBOOKS, ROOT
 from safetensors import safe_open
 
 from helpers.artifacts import stage_dir
+from helpers.provenance import content_hash
 
 pytestmark = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -39,20 +40,24 @@ def test_02_merged_model_matches_and_is_standalone(tiny_outputs):
 def test_03_ppo_artifacts(tiny_outputs, tiny):
     stage = stage_dir(tiny_outputs, "tiny", "03_ppo")
     metrics = pd.read_csv(stage / "metrics.csv")
-    assert list(metrics.step) == list(range(tiny.ppo_steps))
+    assert list(metrics.step) == list(range(tiny.ppo.steps))
     assert abs(metrics.kl_ref_exact[0]) < 1e-5 and metrics.kl_ref_exact.iloc[1:].gt(0).all()
     assert {"adapter_config.json", "adapter_model.safetensors", "value_head.safetensors"} <= {
         f.name for f in (stage / "adapter").iterdir()}
     evaluation = pd.read_csv(stage / "evaluation.csv")
-    due = sorted({0, tiny.ppo_steps, *range(tiny.eval_every, tiny.ppo_steps + 1, tiny.eval_every)})
+    due = sorted({0, tiny.ppo.steps, *range(tiny.evaluation.every, tiny.ppo.steps + 1, tiny.evaluation.every)})
     assert list(evaluation.step) == due
     assert abs(evaluation.kl_ref_exact[0]) < 1e-5 and evaluation.reward_se.gt(0).all()
     samples = pd.read_csv(stage / "samples.csv")
-    assert len(samples) == len(due) * tiny.eval_prompts * tiny.eval_samples
+    assert len(samples) == len(due) * tiny.evaluation.prompts * tiny.evaluation.samples
     summary = json.loads((stage / "evaluation.json").read_text())
-    assert summary["prompts"] == tiny.eval_prompts
-    final = samples[samples.step == tiny.ppo_steps].groupby("prompt").reward.mean().mean()
+    assert summary["prompts"] == tiny.evaluation.prompts
+    final = samples[samples.step == tiny.ppo.steps].groupby("prompt").reward.mean().mean()
     assert summary["after"] == pytest.approx(final) == pytest.approx(evaluation.reward_mean.iloc[-1])
+    # what 03 ran on, by content: the adapter 02 merged, and that merge
+    merge = json.loads((stage_dir(tiny_outputs, "tiny", "02_merge") / "verification.json").read_text())
+    assert summary["inputs"]["sft_adapter"] == merge["adapter_hash"]
+    assert summary["inputs"]["merged_model"] == content_hash(stage_dir(tiny_outputs, "tiny", "02_merge") / "model")
 
 
 def test_figures_are_pngs(tiny_outputs):
@@ -158,7 +163,8 @@ def test_publish_keeps_results_and_stays_small(tiny_outputs, tmp_path):
 
 def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outputs, tiny, tmp_path):
     """`make publish` copies a run's result files; the README's tutorial block is made from them alone."""
-    from helpers.harness.publish import RESULT_FILES, publish_results, tutorial_block
+    from helpers.harness.publish import RESULT_FILES, publish_results
+    from helpers.harness.readme import tutorial_block
     from helpers.harness.sizing import pilot_from_tutorial
 
     folder = publish_results(tiny_outputs / "tiny", tmp_path / "results", "make tutorial PROFILE=tiny")
@@ -168,7 +174,7 @@ def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outpu
     assert "the penalty alone pulls the pitfall towards the base" in block
     assert all(line.count(" | ") == 7 for line in block.splitlines() if line.startswith("| the "))  # no stray |
     pilot = pilot_from_tutorial(folder)  # what the study's power calculation reads: 03's own JSON
-    assert pilot["steps"] == tiny.ppo_steps and pilot["batch_size"] == tiny.ppo_batch_size and pilot["se"] > 0
+    assert pilot["steps"] == tiny.ppo.steps and pilot["batch_size"] == tiny.ppo.batch_size and pilot["se"] > 0
     with pytest.raises(SystemExit, match="run `make tutorial`"):
         publish_results(tmp_path / "nothing", tmp_path / "more", "make tutorial")
     assert not (tmp_path / "more").exists()

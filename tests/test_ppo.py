@@ -52,7 +52,7 @@ def run_arm(name, tiny, out, tokenizer, queries, steps=1, evaluator=None, **over
 def test_kl_at_step_0(name, tiny, sft_outputs, tokenizer, queries):
     """Zero wherever the reference equals the initial policy; KL(SFT || base) where it does not."""
     sticks = yardsticks(tiny, stage_dir(sft_outputs, "tiny", "02_merge") / "model")
-    evaluator = Evaluator(tokenizer, queries[:4], vader_reward(), tiny.response_len, every=1, yardsticks=sticks)
+    evaluator = Evaluator(tokenizer, queries[:4], vader_reward(), tiny.ppo.response_len, every=1, yardsticks=sticks)
     _, metrics = run_arm(name, tiny, sft_outputs, tokenizer, queries, evaluator=evaluator)
     first, held_out = metrics.iloc[0], evaluator.table().iloc[0]  # both before the first update
     if name == "adapter+disabled":
@@ -97,7 +97,7 @@ def test_metrics_table_has_one_row_per_step(tiny, sft_outputs, tokenizer, querie
     for column in ["reward_mean", "reward_std", "kl_ref", "kl_ref_exact", "kl_coef", "entropy", "policy_loss",
                    "value_loss", "clipfrac", "approx_kl", "response_len", *TIMING]:
         assert column in metrics.columns, column
-    assert metrics.response_len.between(1, tiny.response_len[1]).all()
+    assert metrics.response_len.between(1, tiny.ppo.response_len[1]).all()
     # the adaptive controller, step by step: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * batch / horizon
     config = config_from_profile(tiny)
     assert metrics.kl_coef.iloc[0] == config.init_kl_coef

@@ -35,7 +35,7 @@ def test_20b_without_cuda_fails_before_any_download(monkeypatch):
 
 def test_overrides_keep_the_rest(tiny):
     local = tiny.with_overrides(model="/some/path", sft_steps=None)
-    assert local.model == "/some/path" and local.sft_steps == tiny.sft_steps and local.name == "tiny"
+    assert local.model == "/some/path" and local.sft.steps == tiny.sft.steps and local.name == "tiny"
 
 
 def test_every_profile_names_a_known_reward():
@@ -55,3 +55,33 @@ def test_one_precedence_picks_the_profile_everywhere(monkeypatch):
     assert profile_name() == DEFAULT_PROFILE == "smol" and profile_name("tiny") == "tiny"
     monkeypatch.setenv("TUTORIAL_PROFILE", "tiny")
     assert profile_name() == "tiny" and profile_name("smol") == "smol" and get_profile().name == "tiny"
+
+
+def test_configure_overrides_fields_by_name_with_one_precedence(monkeypatch):
+    """A notebook parameter (not None) > $TUTORIAL_<FLAT NAME> > the profile's own, for every field and section."""
+    from helpers.profiles import configure
+
+    for name in ("TUTORIAL_PROFILE", "TUTORIAL_SFT_STEPS", "TUTORIAL_DTYPE", "TUTORIAL_PPO_RESPONSE_LEN"):
+        monkeypatch.delenv(name, raising=False)
+    tiny = get_profile("tiny")
+    assert configure("tiny") == tiny and configure("tiny", sft_steps=None) == tiny
+    assert configure("tiny", sft_steps=7).sft.steps == 7 and configure("tiny", sft_steps=7).ppo == tiny.ppo
+    monkeypatch.setenv("TUTORIAL_SFT_STEPS", "9")
+    monkeypatch.setenv("TUTORIAL_PPO_RESPONSE_LEN", "(2, 3)")
+    monkeypatch.setenv("TUTORIAL_DTYPE", "bfloat16")
+    from_env = configure("tiny")
+    assert (from_env.sft.steps, from_env.ppo.response_len, from_env.dtype) == (9, (2, 3), "bfloat16")
+    assert configure("tiny", sft_steps=7).sft.steps == 7  # the parameter wins over the environment
+    assert configure("tiny", ppo_epochs=3).ppo.ppo_epochs == 3  # a field named after its section keeps its name
+    with pytest.raises(ProfileError, match="Unknown profile field 'epochs'"):
+        configure("tiny", epochs=3)
+
+
+def test_the_cuda_schedule_does_not_override_a_given_step_count(monkeypatch):
+    from helpers.profiles import configure
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    smol = get_profile("smol")
+    assert configure("smol", for_device=True).ppo.steps == smol.cuda_ppo_steps
+    assert configure("smol", for_device=True).evaluation.every == smol.cuda_eval_every
+    assert configure("smol", ppo_steps=5, for_device=True).ppo.steps == 5

@@ -37,9 +37,9 @@ def test_power_needs_more_steps_for_more_confidence_or_fewer_seeds():
              "ppo_epochs": 2}
     ppo = replace(__import__("helpers.ppo", fromlist=["x"]).config_from_profile(smol), batch_size=8, mini_batch_size=4)
     base = power_steps(smol, pilot, 6, ppo)
-    assert base["steps"] % (smol.study_eval_points - 1) == 0 and base["expected_z"] >= smol.study_target_z
+    assert base["steps"] % (smol.study.eval_points - 1) == 0 and base["expected_z"] >= smol.study.target_z
     assert power_steps(smol, pilot, 3, ppo)["steps"] > base["steps"]
-    assert power_steps(replace(smol, study_target_z=6.0), pilot, 6, ppo)["steps"] > base["steps"]
+    assert power_steps(smol.with_overrides(study_target_z=6.0), pilot, 6, ppo)["steps"] > base["steps"]
     assert power_steps(smol, {**pilot, "gain": 0.56}, 6, ppo)["steps"] < base["steps"]
 
 
@@ -155,12 +155,12 @@ def test_the_design_runs_every_claim_arm_seed_by_seed(tiny_study):
     cells = {(r.arm, r.beta) for r in runs}
     assert cells >= {(a, b) for a in EVERY_BETA for b in design.betas}
     assert {a for a, b in cells if b != design.middle} == set(EVERY_BETA)  # recipe arms: middle β only
-    assert {r.seed for r in runs if r.arm == "stacked"} == set(range(tiny.study_side_seeds))
+    assert {r.seed for r in runs if r.arm == "stacked"} == set(range(tiny.study.side_seeds))
     assert all(r.config.adaptive_kl is False and r.config.init_kl_coef == r.beta for r in runs)
     assert len(results.runs) == len(runs) == manifest["runs_done"] == manifest["runs"]
     e = results.evaluation  # at least study_eval_points evaluations per run, the same prompts in every run
-    assert (e.groupby(["arm", "beta", "seed"]).step.nunique() >= tiny.study_eval_points).all()
-    assert manifest["sizing"]["power"]["fixed_by"] == "Profile.study_steps"
+    assert (e.groupby(["arm", "beta", "seed"]).step.nunique() >= tiny.study.eval_points).all()
+    assert manifest["sizing"]["power"]["fixed_by"] == "Profile.study.steps"
     assert {"kl_sft_base_per_response", "reward_sd"} <= set(manifest["sizing"]["calibration"])
 
 
@@ -187,6 +187,24 @@ def test_stacked_equals_merged_disabled_within_float_tolerance(tiny_study):
     e = results.evaluation.set_index(["arm", "seed", "step"]).sort_index()
     np.testing.assert_allclose(e.loc["stacked"].reward_mean, e.loc["merged+disabled"].loc[e.loc["stacked"].index]
                                .reward_mean, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_torn_report_is_refused_and_a_report_only_run_rewrites_it(tiny_study, tiny_outputs, tmp_path):
+    """The manifest records the report's files (findings, gains, figures) and the runs they rest on, written
+    last: a findings.csv cut short by an interrupted write is refused by load_study, naming the fix."""
+    from helpers.artifacts import StaleArtifactError
+
+    folder = tmp_path / "study"
+    shutil.copytree(tiny_study[0], folder)
+    manifest = read_json(folder / "manifest.json")
+    assert manifest["report"]["runs_done"] == manifest["runs_done"] and "findings.csv" in manifest["report"]["files"]
+    text = (folder / "findings.csv").read_text()
+    (folder / "findings.csv").write_text(text[: len(text) // 2])
+    with pytest.raises(StaleArtifactError, match="findings.csv differ from the report.*--report-only"):
+        load_study(folder)
+    run_study(get_profile("tiny"), folder, out=tiny_outputs, execute=False)
+    assert (folder / "findings.csv").read_text() == text and load_study(folder)[2]["report"] == manifest["report"]
 
 
 @pytest.mark.slow
@@ -225,8 +243,8 @@ def test_a_committed_study_survives_dotfiles_reports_and_changed_settings(tiny_s
     report = run_study(tiny, folder, out=tiny_outputs, execute=False)
     assert len(report.runs) == len(tiny_study[1].runs) and tables() == before
     with pytest.raises(ValueError, match=r"other PPO settings \(learning_rate.*study_version"):
-        run_study(replace(tiny, ppo_lr=tiny.ppo_lr / 2), folder, out=tiny_outputs)
-    other = replace(tiny, study_eval_points=3)  # every run's evaluation spacing changes: its fingerprint too
+        run_study(tiny.with_overrides(ppo_learning_rate=tiny.ppo.learning_rate / 2), folder, out=tiny_outputs)
+    other = tiny.with_overrides(study_eval_points=3)  # every run's evaluation spacing changes: its fingerprint too
     with pytest.raises(ValueError, match=r"\d+ of \d+ runs in .* were made with other settings.*--force replaces"):
         run_study(other, folder, out=tiny_outputs)
     assert tables() == before
@@ -255,7 +273,7 @@ def test_at_beta_zero_the_pitfall_and_its_control_are_the_same_run(tiny, tiny_ou
 
     tokenizer = load_tokenizer(stage_dir(tiny_outputs, "tiny", "02_merge") / "model")
     data = load_imdb(tiny)
-    queries = ppo_queries(data["train"]["text"], tokenizer, n=3 * tiny.ppo_batch_size, seed=0)
+    queries = ppo_queries(data["train"]["text"], tokenizer, n=3 * tiny.ppo.batch_size, seed=0)
     eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1)
     inputs = inputs_from_outputs(tiny, tiny_outputs, tokenizer, queries, eval_queries, load_reward(tiny),
                                  list(data["heldout"]["text"][:4]))
@@ -292,7 +310,7 @@ def test_the_committed_smol_study_recomputes_to_its_committed_verdicts():
 def test_the_readme_results_are_generated_from_the_committed_runs():
     """`make publish` regenerates the README's two blocks (the study's answers, the tutorial run's results);
     on the committed study and tutorial run it changes nothing."""
-    from helpers.harness.publish import TUTORIAL_BEGIN, readme_with_results, tutorial_dir
+    from helpers.harness.readme import TUTORIAL_BEGIN, readme_with_results, tutorial_dir
 
     text = (ROOT / "README.md").read_text()
     assert readme_with_results(text, study_dir("smol"), tutorial_dir("smol")) == text
@@ -333,7 +351,7 @@ def test_a_new_setting_is_a_new_study_version_and_the_committed_one_is_kept(tmp_
     assert study_dir("smol") == root / "v2"
     study.check_same_setting(smol, root)  # the same settings: resumes
     with pytest.raises(ValueError, match=r"learning_rate: .* -> .*study_version"):
-        study.check_same_setting(replace(smol, ppo_lr=smol.ppo_lr * 2), root)
+        study.check_same_setting(smol.with_overrides(ppo_learning_rate=smol.ppo.learning_rate * 2), root)
     with pytest.raises(ValueError, match=r"dtype: float32 -> bfloat16.*study_version"):  # `make study DTYPE=...`
         study.check_same_setting(replace(smol, dtype="bfloat16"), root)
 

@@ -53,7 +53,7 @@ def tiny_plan(tiny, tiny_outputs):
     tokenizer = load_tokenizer(stage_dir(tiny_outputs, "tiny", "02_merge") / "model")
     data = load_imdb(tiny)
     inputs = inputs_from_outputs(tiny, tiny_outputs, tokenizer,
-                                 ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo_batch_size, seed=0),
+                                 ppo_queries(data["train"]["text"], tokenizer, n=2 * tiny.ppo.batch_size, seed=0),
                                  ppo_queries(data["heldout"]["text"], tokenizer, n=4, seed=1), load_reward(tiny),
                                  list(data["heldout"]["text"][:4]))
     ppo = config_from_profile(tiny, steps=2, adaptive_kl=False, init_kl_coef=0.3)

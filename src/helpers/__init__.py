@@ -93,8 +93,8 @@ if os.environ.get("TUTORIAL_TERMINAL_PROGRESS") == "1" and sys.__stderr__ is not
     _mirror_trainer_progress_to_terminal()
 
 from .machine import fix_mmap_threshold  # noqa: E402  (after the filters: it imports torch)
-from .profiles import PROFILES, Profile, get_profile  # noqa: E402
+from .profiles import PROFILES, Profile, configure, get_profile  # noqa: E402
 
 fix_mmap_threshold()  # before any model is loaded: see its docstring
 
-__all__ = ["PROFILES", "Profile", "get_profile", "quiet_libraries"]
+__all__ = ["PROFILES", "Profile", "configure", "get_profile", "quiet_libraries"]

@@ -29,7 +29,12 @@ STAGES = {
 
 
 class MissingArtifactError(FileNotFoundError):
-    """An input a notebook needs has not been made yet; the message names the notebook that makes it."""
+    """An input a notebook needs has not been made yet; the message names the notebook that makes it
+    (`notebook`, e.g. "01_sft_lora")."""
+
+    def __init__(self, message: str, notebook: str | None = None):
+        super().__init__(message)
+        self.notebook = notebook
 
 
 class StaleArtifactError(MissingArtifactError):
@@ -73,8 +78,8 @@ def require(path: str | os.PathLike, stage: str, profile: str) -> Path:
     if not path.exists():
         raise MissingArtifactError(
             f"{path} does not exist. It is made by notebooks/{STAGES[stage]}: run that notebook first "
-            f"with the same profile and output dir (e.g. `make tutorial PROFILE={profile}`)."
-        )
+            f"with the same profile and output dir (e.g. `make tutorial PROFILE={profile}`).",
+            STAGES[stage].removesuffix(".ipynb"))
     if stage == "02_merge":  # the merge records the hash of the adapter it merged (helpers.merge.merge_adapter)
         recorded = path.parent / "verification.json"
         adapter = path.parent.parent / "01_sft" / "adapter"
@@ -83,8 +88,16 @@ def require(path: str | os.PathLike, stage: str, profile: str) -> Path:
             raise StaleArtifactError(
                 f"{path} was merged from another SFT adapter than {adapter} holds now (notebook 01 ran again "
                 f"since): run notebooks/{STAGES[stage]} again, then the notebooks after it "
-                f"(e.g. `make tutorial PROFILE={profile} NOTEBOOKS=\"02_merge_adapter 03_ppo_lora\"`).")
+                f"(e.g. `make tutorial PROFILE={profile} NOTEBOOKS=\"02_merge_adapter 03_ppo_lora\"`).",
+                STAGES[stage].removesuffix(".ipynb"))
     return path
+
+
+def input_hashes(out: str | os.PathLike | None, profile: str) -> dict:
+    """What a stage after 02 was made from, by content: 01's adapter and 02's merged model (03 records it in
+    its evaluation.json; 04's runs carry both in their fingerprints)."""
+    return {"sft_adapter": content_hash(require(stage_dir(out, profile, "01_sft") / "adapter", "01_sft", profile)),
+            "merged_model": content_hash(require(stage_dir(out, profile, "02_merge") / "model", "02_merge", profile))}
 
 
 _HELD: set[Path] = set()

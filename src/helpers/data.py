@@ -64,7 +64,7 @@ def load_imdb(profile: Profile) -> DatasetDict:
 
 def perplexity_reviews(profile: Profile, data: DatasetDict) -> list[str]:
     """The held-out reviews of the one perplexity protocol (each notebook, each run of 04 and the study);
-    `perplexity` cuts each to `profile.sft_seq_len` tokens."""
+    `perplexity` cuts each to `profile.sft.seq_len` tokens."""
     return list(data["heldout"]["text"][: profile.perplexity_texts])
 
 

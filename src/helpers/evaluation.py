@@ -28,6 +28,7 @@ from .models import perplexity
 from .ppo_math import kl_exact, log_softmax
 from .reference import Reference
 from .sampling import rollout
+from .settings import evaluation_steps
 
 
 class Evaluator:
@@ -46,8 +47,8 @@ class Evaluator:
         self._samples: list[pd.DataFrame] = []
 
     def due(self, updates: int, total: int) -> bool:
-        """Evaluate after every `every` updates, and after the last."""
-        return updates % self.every == 0 or updates == total
+        """Evaluate before the first update, after every `every` updates, and after the last."""
+        return updates in evaluation_steps(total, self.every)
 
     @torch.no_grad()
     def __call__(self, step: int, policy, reference: Reference) -> dict:

@@ -100,7 +100,7 @@ def merge_probe(model: PeftModel, tokenizer, check_texts: list[str], profile: Pr
                         padding=True).to(model.device)
     name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer))
     adapter = layer.active_adapters[0]
-    return {"logits": logits_on(model, tokenizer, check_texts, profile.sft_seq_len), "prompts": prompts,
+    return {"logits": logits_on(model, tokenizer, check_texts, profile.sft.seq_len), "prompts": prompts,
             "greedy": model.generate(**prompts, max_new_tokens=16, do_sample=False),
             "layer": name.removeprefix("base_model.model."), "W": layer.get_base_layer().weight.detach().clone(),
             "A": layer.lora_A[adapter].weight.detach().clone(), "B": layer.lora_B[adapter].weight.detach().clone(),
@@ -111,7 +111,7 @@ def merge_probe(model: PeftModel, tokenizer, check_texts: list[str], profile: Pr
 def verify_merge(probe: dict, merged, tokenizer, check_texts: list[str], profile: Profile) -> dict:
     """The merged model against base+adapter (`merge_probe`): logits within float rounding, the same greedy
     text, no LoRA module left, and in the probed layer W' = W + (α/r)·BA."""
-    after = logits_on(merged, tokenizer, check_texts, profile.sft_seq_len)
+    after = logits_on(merged, tokenizer, check_texts, profile.sft.seq_len)
     greedy_after = merged.generate(**probe["prompts"], max_new_tokens=16, do_sample=False)
     lora_left = [n for n, m in merged.named_modules() if isinstance(m, BaseTunerLayer)]
     diff = (probe["logits"] - after).abs().max().item()
@@ -179,7 +179,7 @@ def quantized_merge_report(profile: Profile, adapter_dir: str | Path, tokenizer,
     of the row it lands in (median |ΔW| / (row absmax / 127)), and which part of it the re-quantized weight
     lost, ‖(W8_merged − W8) − ΔW‖ / ‖ΔW‖ (W8: the dequantized 8-bit weight), read back from bitsandbytes.
     """
-    seq_len = profile.sft_seq_len
+    seq_len = profile.sft.seq_len
     rows, reference = [], None
 
     def measure(name, model):

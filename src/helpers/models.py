@@ -39,10 +39,10 @@ def lora_target_modules(model_or_config) -> list[str]:
 def lora_config(profile: Profile, model, dropout: float | None = None):
     """The profile's LoRA settings on the architecture's target modules."""
     return LoraConfig(
-        r=profile.lora_r,
-        lora_alpha=profile.lora_alpha,
-        lora_dropout=profile.lora_dropout if dropout is None else dropout,
-        target_modules=profile.lora_targets or lora_target_modules(model),
+        r=profile.lora.r,
+        lora_alpha=profile.lora.alpha,
+        lora_dropout=profile.lora.dropout if dropout is None else dropout,
+        target_modules=profile.lora.targets or lora_target_modules(model),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -137,8 +137,7 @@ def load_model(profile: Profile, path: str | os.PathLike | None = None, quantize
     quantized backbone). `on` is the device (default: CUDA if present). Weights are read from
     safetensors only and no remote code is run.
     """
-    if profile.needs_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"Profile {profile.name!r} needs a CUDA GPU: {profile.hardware}")
+    profile.require_device()  # a 20B profile on a CPU fails here, before any download
     source = str(path) if path is not None else base_model_path(profile)
     kwargs = dict(dtype=dtype or compute_dtype(profile), use_safetensors=True)
     if quantize is not None:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,55 +73,9 @@ from .ppo_math import (
     value_loss,
     whiten,
 )
-from .provenance import check_count
 from .reference import Reference
 from .sampling import Rollout, rollout
-
-
-@dataclass
-class PPOConfig:
-    # Defaults are the original TRL sentiment example's (gpt2 / gpt-neox-20b on IMDB).
-    steps: int = 20
-    batch_size: int = 16  # rollouts per step
-    mini_batch_size: int = 4
-    ppo_epochs: int = 4
-    learning_rate: float = 1.41e-5
-    response_len: tuple[int, int] = (4, 16)  # inclusive; drawn per rollout (LengthSampler(4, 16))
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2  # policy ratio clip
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    init_kl_coef: float = 0.2
-    adaptive_kl: bool = True  # False: kl_coef stays init_kl_coef
-    kl_target: float = 6.0
-    kl_horizon: int = 10000
-    max_grad_norm: float | None = None  # the original clipped nothing
-    # An addition to TRL 0.11 (1.0 = TRL's one learning rate): the LoRA B matrices learn this many times
-    # faster than every other trained weight, as LoRA+ (Hayou et al. 2024) does. A new LoRA starts at B = 0,
-    # so its A gets no gradient until B has moved; a larger step for B shortens that cold start
-    # (docs/tuning/<profile>/ measures what it buys). It applies to whichever adapter trains, in every arm.
-    lora_b_lr_ratio: float = 1.0
-    # An addition too (1.0 = TRL's): the value head learns this many times faster. It starts as noise while
-    # the reward of query + response varies mostly with the query; until the critic has learned that, the
-    # advantages are mostly the query's sentiment, not the response's merit. Adam scales each parameter's step
-    # by its own gradient, so vf_coef cannot speed up the head (only its learning rate can).
-    value_lr_ratio: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self):  # checked where it enters: 03's STEPS = 0 or SEED = -1 fail here, saying what is valid
-        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs"):
-            check_count(name, getattr(self, name))
-        check_count("seed", self.seed, minimum=0)
-        if self.mini_batch_size > self.batch_size:
-            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be at most batch_size ({self.batch_size})")
-        for name in ("learning_rate", "lora_b_lr_ratio", "value_lr_ratio"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
-        if not self.init_kl_coef >= 0:
-            raise ValueError(f"the KL coefficient β must be >= 0, not {self.init_kl_coef!r} (init_kl_coef)")
-        if not 1 <= self.response_len[0] <= self.response_len[1]:
-            raise ValueError(f"response_len must be (low, high) with 1 <= low <= high, not {self.response_len}")
+from .settings import PPOConfig  # noqa: F401  (the profile's ppo section; imported from here too)
 
 
 # the metrics columns that measure the machine, not the run: they differ between identical runs
@@ -317,10 +271,5 @@ def save_ppo(policy, value_head: ValueHead, destination, adapter_name: str = "pp
 
 
 def config_from_profile(profile, **overrides) -> PPOConfig:
-    """The profile's PPO settings on top of the original example's defaults."""
-    config = PPOConfig(steps=profile.ppo_steps, batch_size=profile.ppo_batch_size,
-                       mini_batch_size=profile.ppo_mini_batch_size, ppo_epochs=profile.ppo_epochs,
-                       learning_rate=profile.ppo_lr, response_len=tuple(profile.response_len),
-                       init_kl_coef=profile.ppo_init_kl_coef, lora_b_lr_ratio=profile.ppo_lora_b_lr_ratio,
-                       value_lr_ratio=profile.ppo_value_lr_ratio)
-    return PPOConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})
+    """The profile's PPO section (a PPOConfig), with the overrides that are not None."""
+    return replace(profile.ppo, **{k: v for k, v in overrides.items() if v is not None})

@@ -18,7 +18,7 @@ from trl import SFTConfig, SFTTrainer
 from .artifacts import atomic_dir, write_json
 from .models import lora_config, perplexity
 from .profiles import Profile
-from .provenance import check_count
+from .settings import evaluation_steps
 
 EVAL_POINTS = 5  # measurements after step 0: enough to see the trend; on a small slice they stay cheap
 
@@ -40,21 +40,22 @@ class HeldoutPerplexity(TrainerCallback):
         self.measure(state, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+        if state.global_step in evaluation_steps(state.max_steps, self.every):
             self.measure(state, model)
 
 
-def sft_config(profile: Profile, steps: int | None = None, seed: int = 0, output_dir: str = "unused") -> SFTConfig:
-    """TRL's settings for the adapter's training: a constant learning rate, one pass over the reviews."""
-    steps = profile.sft_steps if steps is None else check_count("STEPS", steps)  # 0 or -1: an error, not a default
+def sft_config(profile: Profile, seed: int = 0, output_dir: str = "unused") -> SFTConfig:
+    """TRL's settings for the adapter's training (the profile's sft section): a constant learning rate, one
+    pass over the reviews."""
+    steps = profile.sft.steps
     return SFTConfig(
         output_dir=output_dir,
         max_steps=steps,
-        per_device_train_batch_size=profile.sft_batch_size,
-        learning_rate=profile.sft_lr,
+        per_device_train_batch_size=profile.sft.batch_size,
+        learning_rate=profile.sft.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        max_length=profile.sft_seq_len,
+        max_length=profile.sft.seq_len,
         packing=False,
         logging_steps=max(1, steps // 10),
         save_strategy="no",
@@ -68,10 +69,10 @@ def sft_config(profile: Profile, steps: int | None = None, seed: int = 0, output
     )
 
 
-def settings(profile: Profile, model, steps: int | None = None, seed: int = 0) -> pd.DataFrame:
+def settings(profile: Profile, model, seed: int = 0) -> pd.DataFrame:
     """The LoRA and SFT settings `train_sft` uses, read from the same config objects (notebook 01 shows them).
     α/r is the factor notebook 02 merges with: W' = W + (α/r)·BA."""
-    lora, args = lora_config(profile, model), sft_config(profile, steps, seed)
+    lora, args = lora_config(profile, model), sft_config(profile, seed)
     rows = [("LoraConfig", k, getattr(lora, k)) for k in ("r", "lora_alpha", "lora_dropout", "target_modules")]
     rows += [("LoraConfig", "scale α/r", lora.lora_alpha / lora.r)]
     rows += [("SFTConfig", k, getattr(args, k)) for k in ("max_steps", "per_device_train_batch_size",
@@ -80,22 +81,21 @@ def settings(profile: Profile, model, steps: int | None = None, seed: int = 0) -
     return pd.DataFrame(rows, columns=["config", "setting", "value"]).set_index(["config", "setting"])
 
 
-def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, steps: int | None = None,
-              seed: int = 0):
+def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, seed: int = 0):
     """Train a new LoRA adapter on `train_texts` (causal LM loss).
 
     Returns the PEFT model, the logged training losses, and the held-out perplexity curve of `eval_texts`
     (a DataFrame with `step` and `perplexity`; empty without `eval_texts`).
     """
-    steps = profile.sft_steps if steps is None else check_count("STEPS", steps)  # 0 or -1: an error, not a default
+    steps = profile.sft.steps  # a notebook's SFT_STEPS: configure(PROFILE, sft_steps=SFT_STEPS)
     callbacks = []
     if eval_texts is not None and len(eval_texts):
-        callbacks.append(HeldoutPerplexity(tokenizer, eval_texts, profile.sft_seq_len,
+        callbacks.append(HeldoutPerplexity(tokenizer, eval_texts, profile.sft.seq_len,
                                            every=max(1, -(-steps // EVAL_POINTS))))  # ceil: at most 5 + 1 points
-    n_texts = min(len(train_texts), steps * profile.sft_batch_size)  # one epoch, no repeats
+    n_texts = min(len(train_texts), steps * profile.sft.batch_size)  # one epoch, no repeats
     dataset = Dataset.from_dict({"text": list(train_texts[:n_texts])})
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing is kept
-        args = sft_config(profile, steps, seed, scratch)
+        args = sft_config(profile, seed, scratch)
         trainer = SFTTrainer(
             model=model,
             args=args,

@@ -65,9 +65,9 @@ def load_pool(profile: Profile, out=None) -> Pool:
     data = load_imdb(profile)
     tokenizer = load_tokenizer(merged_dir)
     train_texts = list(data["train"]["text"])
-    prompts = {"select": ppo_queries(train_texts[-SELECT_POOL:], tokenizer, n=profile.eval_prompts, seed=7),
+    prompts = {"select": ppo_queries(train_texts[-SELECT_POOL:], tokenizer, n=profile.evaluation.prompts, seed=7),
                # notebook 03's held-out prompts (its seed 0 + 1)
-               "confirm": ppo_queries(data["heldout"]["text"], tokenizer, n=profile.eval_prompts, seed=1)}
+               "confirm": ppo_queries(data["heldout"]["text"], tokenizer, n=profile.evaluation.prompts, seed=1)}
     return Pool(profile, merged_dir, sft_adapter, tokenizer, load_reward(profile), train_texts[:-SELECT_POOL],
                 prompts, perplexity_reviews(profile, data))
 
@@ -83,8 +83,8 @@ def run_trial(pool: Pool, setting: str, seed: int, prompt_set: str, steps: int, 
     reference = DisabledAdapters(policy)  # the SFT model
     queries = ppo_queries(pool.train_texts, pool.tokenizer, n=steps * config.batch_size, seed=seed)
     evaluator = Evaluator(pool.tokenizer, pool.prompts[prompt_set], pool.reward, config.response_len,
-                          every=eval_every, seed=seed, samples_per_prompt=profile.eval_samples,
-                          perplexity_texts=pool.perplexity_texts, perplexity_seq_len=profile.sft_seq_len)
+                          every=eval_every, seed=seed, samples_per_prompt=profile.evaluation.samples,
+                          perplexity_texts=pool.perplexity_texts, perplexity_seq_len=profile.sft.seq_len)
     metrics = train(policy, value_head, reference, pool.tokenizer, queries, pool.reward, config, evaluator, progress=False)
     samples, ev = evaluator.samples(), evaluator.table().set_index("step")
     p_pos = samples.assign(p=1 / (1 + np.exp(-samples.reward))).groupby("step").p.mean()

@@ -45,7 +45,7 @@ BASELINE = "before"
 # one entry per setting: the profile fields it changes (everything else is the profile's, as in notebook 03)
 SETTINGS: dict[str, dict] = {
     BASELINE: {},  # the profile as it was before the tuning
-    "lr x2": dict(ppo_lr=1.4e-3),
+    "lr x2": dict(ppo_learning_rate=1.4e-3),
     "LoRA+ B x4": dict(ppo_lora_b_lr_ratio=4.0),
     "LoRA+ B x16": dict(ppo_lora_b_lr_ratio=16.0),
     "beta0 0.05": dict(ppo_init_kl_coef=0.05),
@@ -63,8 +63,8 @@ SETTINGS: dict[str, dict] = {
 # more than twice the budget with less gain than the baseline's seed 0 ran no further seeds.
 SCREENED_OUT = ("LoRA+ B x4", "LoRA+ B x16")
 # the profile's settings before the tuning (what BASELINE means once the defaults change)
-BEFORE = {"smol": dict(ppo_lr=7e-4, ppo_lora_b_lr_ratio=1.0, ppo_value_lr_ratio=1.0, ppo_init_kl_coef=0.2,
-                       ppo_epochs=2, ppo_batch_size=16, ppo_mini_batch_size=8, response_len=(4, 16))}
+BEFORE = {"smol": dict(ppo_learning_rate=7e-4, ppo_lora_b_lr_ratio=1.0, ppo_value_lr_ratio=1.0, ppo_init_kl_coef=0.2,
+                       ppo_epochs=2, ppo_batch_size=16, ppo_mini_batch_size=8, ppo_response_len=(4, 16))}
 
 
 def tuning_dir(profile_name: str, folder=None) -> Path:

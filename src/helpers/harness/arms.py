@@ -187,7 +187,3 @@ def yardsticks(profile: Profile, merged_dir: str | Path, quantize: str | None = 
         for stick in sticks.values():
             stick.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=stick.model.device))
     return sticks
-
-
-def profile_quantization(profile: Profile) -> str | None:
-    return "8bit" if profile.load_in_8bit else None

@@ -63,34 +63,29 @@ class Plan:
         return runs
 
 
-def plan_from_profile(profile: Profile, arms: list[str] | None = None, seed: int = 0, seeds: int | None = None,
-                      steps: int | None = None, penalty_steps: int | None = None, **ppo_overrides) -> Plan:
-    """The profile's comparison: `seeds` seeds starting at `seed` (0, 1, 2 ... for seed=0). None takes the
-    profile's value; anything else is checked (SEEDS = 0 is an error, not the default)."""
-    n = profile.comparison_seeds if seeds is None else check_count("SEEDS", seeds)
-    steps = profile.comparison_steps if steps is None else check_count("STEPS", steps)
-    penalty_steps = profile.penalty_steps if penalty_steps is None else check_count("PENALTY_STEPS", penalty_steps, 0)
+def plan_from_profile(profile: Profile, arms: list[str] | None = None, seed: int = 0, **ppo_overrides) -> Plan:
+    """The profile's comparison (its `comparison` section: notebook 04's COMPARISON_SEEDS, COMPARISON_STEPS and
+    COMPARISON_PENALTY_STEPS set it through helpers.profiles.configure): its seeds start at `seed`."""
+    c = profile.comparison
+    n, steps, penalty_steps = c.seeds, c.steps, c.penalty_steps
     all_seeds = tuple(check_count("SEED", seed, minimum=0) + i for i in range(n))
     # the reward-on runs take 04's own batch where the profile gives one (cheaper steps, as many optimizer
     # updates); the penalty alone keeps 03's batch: with no reward its only signal is the KL penalty, and the
     # critic's noise drowns it in small minibatches (smol, 3 seeds: 8 rollouts in minibatches of 4 left its
     # pull inconclusive)
-    main = config_from_profile(profile, batch_size=profile.comparison_batch_size,
-                               mini_batch_size=profile.comparison_mini_batch_size, **ppo_overrides)
+    main = config_from_profile(profile, batch_size=c.batch_size, mini_batch_size=c.mini_batch_size, **ppo_overrides)
     return Plan(arms=tuple(check_arms(list(ARMS) if arms is None else arms)), seeds=all_seeds,
-                side_seeds=all_seeds[: min(n, profile.comparison_side_seeds)],
-                steps=steps, side_steps=min(steps, profile.comparison_side_steps or steps),
-                eval_every=profile.comparison_eval_every, penalty_steps=penalty_steps,
-                penalty_eval_every=profile.penalty_eval_every, main=main,
+                side_seeds=all_seeds[: min(n, c.side_seeds)], steps=steps, side_steps=min(steps, c.side_steps or steps),
+                eval_every=c.eval_every, penalty_steps=penalty_steps, penalty_eval_every=c.penalty_eval_every, main=main,
                 penalty=penalty_config(profile, **ppo_overrides), reward=profile.reward)
 
 
 def penalty_config(profile: Profile, **ppo_overrides) -> PPOConfig:
     """The penalty alone's PPO settings: 03's, at the profile's fixed β where it sets one (penalty_kl_coef)."""
     config = config_from_profile(profile, **ppo_overrides)
-    if profile.penalty_kl_coef is None or "init_kl_coef" in ppo_overrides:
+    if profile.comparison.penalty_kl_coef is None or "init_kl_coef" in ppo_overrides:
         return config
-    return replace(config, init_kl_coef=profile.penalty_kl_coef, adaptive_kl=False)
+    return replace(config, init_kl_coef=profile.comparison.penalty_kl_coef, adaptive_kl=False)
 
 
 def comparison_configs(plan: Plan) -> dict[str, PPOConfig]:
@@ -100,7 +95,7 @@ def comparison_configs(plan: Plan) -> dict[str, PPOConfig]:
 
 
 def run_comparison(runs: list[Run], inputs: Inputs, out: str | Path | None = None, force: bool = False,
-                   progress: bool = False, workers: int | str = 1) -> Results:
+                   progress: bool = False, workers: int | str | None = None) -> Results:
     """Every run into `04_comparison/`: `runs/<study>/<arm>/seed<k>/`, the combined tables, and summary.csv.
     `workers` > 1 runs them on that many Ray workers (helpers.harness.workers)."""
     folder = stage_dir(out, inputs.profile.name, "04_comparison")

@@ -13,7 +13,7 @@ from ..ppo import LR_RATIOS, PPOConfig
 from ..provenance import check_count
 from .results import Results
 from .run import Run
-from .verdicts import Claim
+from .verdicts import SAYS, Claim
 
 STUDY = "fixed-beta"
 RECIPE = "merged+disabled"  # merge, then a new LoRA; the reference is the merged model (adapters disabled)
@@ -61,13 +61,11 @@ def study_claims(design: Design) -> list[Claim]:
     """Every question of the thread as a claim, each against the arm that differs from it in one thing; the
     answers (helpers.harness.answers) look them up by key."""
     pit, ctl, mid = "adapter+disabled", "adapter+ref-adapter", design.middle
-    pitfall = [("pull", "the pitfall pulls the policy towards the base", "kl_base_change", "<0"),
-               ("drift", "the pitfall drifts further from the SFT model", "kl_sft_end", ">0"),
-               ("perplexity", "the pitfall raises held-out IMDB perplexity", "perplexity_end", ">0")]
-    claims = [Claim(text, pit, ctl, measure, sign, study=STUDY, beta=b, key=key) for b in design.betas
-              for key, text, measure, sign in pitfall]
-    claims += [Claim(f"{text}, more so at larger β", pit, ctl, measure, sign, study=STUDY, over_beta=True, key=key)
-               for key, text, measure, sign in pitfall]
+    pitfall = [("pull", "kl_base_change", "<0"), ("drift", "kl_sft_end", ">0"), ("perplexity", "perplexity_end", ">0")]
+    claims = [Claim(SAYS[key], pit, ctl, measure, sign, study=STUDY, beta=b, key=key) for b in design.betas
+              for key, measure, sign in pitfall]
+    claims += [Claim(f"{SAYS[key]}, more so at larger β", pit, ctl, measure, sign, study=STUDY, over_beta=True,
+                     key=key) for key, measure, sign in pitfall]
     kept = "keeping the SFT adapter (right reference)"
     claims += [
         Claim(f"{kept} reaches less reward at matched KL to SFT than merging", ctl, RECIPE, "reward_at_kl_sft", "<0",
@@ -82,8 +80,8 @@ def study_claims(design: Design) -> list[Claim]:
               "reward_gain", ">0", study=STUDY, beta=mid, key="sft_first_gain"),
         Claim("SFT first reaches more reward at matched KL to its reference than RL from the base",
               RECIPE, "base+disabled", "reward_at_kl_ref", ">0", study=STUDY, beta=mid, key="sft_first_at_kl"),
-        Claim("SFT first ends with a higher held-out reward than RL from the base", RECIPE,
-              "base+disabled", "reward_end", ">0", study=STUDY, beta=mid, key="sft_first_end"),
+        Claim(SAYS["sft_first_end"], RECIPE, "base+disabled", "reward_end", ">0", study=STUDY, beta=mid,
+              key="sft_first_end"),
         # equal up to float rounding while both runs sample the same tokens (verdicts._curve_difference). On
         # that window the largest relative difference was 1.6e-4 after 3 steps on tiny (reference path),
         # 1.35e-3 on the fast path (helpers.fastpath), 3.8e-4 in smol's v1 (15 steps), 3.9e-3 in v2 (20 steps).
@@ -91,8 +89,8 @@ def study_claims(design: Design) -> list[Claim]:
         # at step 0 by the SFT's own change (94 -> 58 on smol): far outside 1e-2
         Claim("stacking the SFT adapter under a new LoRA equals merging it", "stacked", RECIPE,
               "curves_same_tokens", "=", study=STUDY, beta=mid, tolerance=1e-2, key="stacked"),
-        Claim("the pitfall: KL to the reference starts at KL(SFT‖base) > 0", pit, ctl, "kl_ref_start", ">0",
-              study=STUDY, beta=mid, kind="sanity", key="kl_ref_start"),
+        Claim(SAYS["kl_ref_start"], pit, ctl, "kl_ref_start", ">0", study=STUDY, beta=mid, kind="sanity",
+              key="kl_ref_start"),
     ]
     return claims
 

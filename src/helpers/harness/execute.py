@@ -36,7 +36,7 @@ def execute(run: Run, inputs: Inputs, sticks: dict, progress: bool = False, trai
     evaluator = Evaluator(inputs.tokenizer, inputs.eval_queries, inputs.reward(inputs.eval_reward),
                           run.config.response_len, every=run.eval_every, seed=run.seed,
                           samples_per_prompt=inputs.eval_samples, yardsticks=sticks,
-                          perplexity_texts=inputs.perplexity_texts, perplexity_seq_len=src.profile.sft_seq_len)
+                          perplexity_texts=inputs.perplexity_texts, perplexity_seq_len=src.profile.sft.seq_len)
     with RssPeak() as rss:
         fitted = trainer.fit(arm, inputs.tokenizer, seed_queries(inputs.queries, run.seed), inputs.reward(run.reward),
                              run.config, _Unmeasured(evaluator, rss), progress)

@@ -24,7 +24,7 @@ from ..artifacts import read_json, require, stage_dir
 from ..models import compute_dtype_name
 from ..profiles import Profile
 from ..provenance import check_count, content_hash
-from .arms import Sources, check_arms, profile_quantization
+from .arms import Sources, check_arms
 from .trainers import trainer_for
 
 RUN_FILES = ("metrics.csv", "evaluation.csv", "samples.csv", "summary.json", "fingerprint.json")
@@ -118,7 +118,7 @@ class Inputs:
             self._common = {
                 "profile": self.profile.name, "quantization": self.sources.quantize,
                 "train_prompts": content_hash(self.queries),
-                "eval_prompts": content_hash(self.eval_queries, self.perplexity_texts, self.profile.sft_seq_len),
+                "eval_prompts": content_hash(self.eval_queries, self.perplexity_texts, self.profile.sft.seq_len),
                 "eval_samples": self.eval_samples, "eval_reward": self.eval_reward,
                 "sft_adapter": content_hash(self.sources.sft_adapter),
                 "merged_model": self.merged_from or content_hash(self.sources.merged_dir),
@@ -136,7 +136,7 @@ def inputs_from_outputs(profile: Profile, out, tokenizer, queries, eval_queries,
     sft_adapter = require(stage_dir(out, profile.name, "01_sft") / "adapter", "01_sft", profile.name)
     merged_dir = require(stage_dir(out, profile.name, "02_merge") / "model", "02_merge", profile.name)
     name = reward_name or profile.reward
-    return Inputs(profile, Sources(profile, sft_adapter, merged_dir, profile_quantization(profile)), tokenizer,
+    return Inputs(profile, Sources(profile, sft_adapter, merged_dir, profile.quantize), tokenizer,
                   queries, eval_queries, {name: reward_fn}, name, perplexity_texts, eval_samples)
 
 

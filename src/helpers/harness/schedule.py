@@ -71,13 +71,13 @@ def _notebook_line():
 
 
 def run_all(runs: list[Run], inputs: Inputs, folder: str | Path, force: bool = False, progress: bool = False,
-            combined: tuple[str, ...] = TABLES, run_missing: bool = True, workers: int | str = 1,
+            combined: tuple[str, ...] = TABLES, run_missing: bool = True, workers: int | str | None = None,
             keep_changed: bool = False) -> Results:
     """Execute every run not yet done with its fingerprint; each lands in `folder/runs/...` in one atomic
     step, and the combined tables named in `combined` are rewritten after each. `run_missing=False` runs
     nothing: the results are the runs that have landed with their fingerprint. `workers` > 1 runs them on Ray
-    workers, on $RAY_ADDRESS's cluster if set (helpers.harness.workers; "auto": 2 on a CPU machine with Ray,
-    else 1); the driver writes every file either way. `keep_changed=True` (a committed study): runs made with other
+    workers, on $RAY_ADDRESS's cluster if set (helpers.harness.workers.resolve_workers: None is $TUTORIAL_WORKERS,
+    else "auto", 2 on a CPU machine with Ray, else 1); the driver writes every file either way. `keep_changed=True` (a committed study): runs made with other
     settings are refused instead of replaced, unless `force`. With nothing landed, `run_missing=False` writes
     no table (a report never replaces results with empty tables)."""
     folder = Path(folder)
@@ -108,7 +108,7 @@ def _run_all(runs, inputs, folder, force, progress, combined, run_missing, worke
     if keep_changed and changed and not force:
         raise ValueError(f"{len(changed)} of {len(runs)} runs in {folder} were made with other settings (first: "
                          f"{changed[0].label}: {todo[changed[0].label][2]}). Nothing was replaced: a new setting is a "
-                         f"new study version (Profile.study_version); --force replaces these {len(changed)} runs.")
+                         f"new study version (Profile.study.version); --force replaces these {len(changed)} runs.")
 
     def land(run: Run, result: dict) -> None:
         _, fingerprint, why = todo[run.label]

@@ -5,6 +5,7 @@ docstring says how they fit together)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from statistics import NormalDist
 
@@ -51,7 +52,7 @@ def pilot_from_tutorial(folder: str | Path) -> dict:
     pilot = read_json(file) if file.exists() else {}
     if any(k not in pilot for k in keys):
         raise ValueError(f"{file} is missing or has no PPO settings ({', '.join(keys)}): run notebook 03 "
-                         f"(`make tutorial`) and `make publish`, or fix the study's steps (Profile.study_steps)")
+                         f"(`make tutorial`) and `make publish`, or fix the study's steps (Profile.study.steps)")
     return {"source": f"{Path(folder).name}/{file.name}", **{k: pilot[k] for k in keys}}
 
 
@@ -79,31 +80,27 @@ def pilot_from_tuning(folder: str | Path, ppo: PPOConfig, prompts: int) -> dict 
             "ppo_epochs": ppo.ppo_epochs, "seeds": int(t.seed.nunique()), "seed_sd": float(t.gain.std(ddof=1))}
 
 
-def updates_per_step(batch_size: int, mini_batch_size: int, ppo_epochs: int) -> int:
-    return math.ceil(batch_size / mini_batch_size) * ppo_epochs
-
-
 def power_steps(profile: Profile, pilot: dict, seeds: int, ppo: PPOConfig) -> dict:
     """Steps for the recipe's gain at the middle β to reach `study_target_z` with `seeds` seeds.
 
     Assumptions, stated in the manifest: the gain grows linearly with steps at the pilot's rate per optimizer
     update; one run's measured gain has the pilot's per-prompt spread over the study's prompts; and seeds
     differ in training as much again (a factor √2 on that spread)."""
-    per_update = pilot["gain"] / (pilot["steps"] * updates_per_step(pilot["batch_size"], pilot["mini_batch_size"],
-                                                                     pilot["ppo_epochs"]))
-    gain_per_step = per_update * updates_per_step(ppo.batch_size, ppo.mini_batch_size, ppo.ppo_epochs)
+    piloted = replace(ppo, batch_size=pilot["batch_size"], mini_batch_size=pilot["mini_batch_size"],
+                      ppo_epochs=pilot["ppo_epochs"])
+    per_update = pilot["gain"] / (pilot["steps"] * piloted.updates_per_step)
+    gain_per_step = per_update * ppo.updates_per_step
     prompt_sd = pilot["se"] * math.sqrt(pilot["prompts"])  # per-prompt sd of the paired difference
-    run_sd = prompt_sd * math.sqrt(profile.eval_samples / profile.study_eval_samples) / math.sqrt(
-        profile.study_eval_prompts)
+    run_sd = prompt_sd * math.sqrt(profile.evaluation.samples / profile.study.eval_samples) / math.sqrt(
+        profile.study.eval_prompts)
     if "seed_sd" in pilot:  # measured over seeds (the tuning): its training part, plus the study's evaluation noise
         seed_sd = math.sqrt(max(pilot["seed_sd"] ** 2 - pilot["se"] ** 2, 0.0) + run_sd ** 2)
     else:  # one run (notebook 03): seeds assumed to differ in training as much again as in evaluation
         seed_sd = math.sqrt(2) * run_sd
-    steps = math.ceil(profile.study_target_z * seed_sd / (gain_per_step * math.sqrt(seeds)))
-    every = max(1, math.ceil(steps / (profile.study_eval_points - 1)))
-    steps = every * (profile.study_eval_points - 1)  # evaluations at 0, every, 2·every, ... = steps
+    steps = math.ceil(profile.study.target_z * seed_sd / (gain_per_step * math.sqrt(seeds)))
+    steps = profile.study.eval_every(steps) * (profile.study.eval_points - 1)  # evaluations at 0, every, ..., steps
     return {"pilot": pilot, "gain_per_step": gain_per_step, "run_sd": run_sd, "seed_sd": seed_sd, "seeds": seeds,
-            "target_z": profile.study_target_z, "steps": steps, "expected_gain": gain_per_step * steps,
+            "target_z": profile.study.target_z, "steps": steps, "expected_gain": gain_per_step * steps,
             "expected_z": gain_per_step * steps * math.sqrt(seeds) / seed_sd}
 
 

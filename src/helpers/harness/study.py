@@ -32,27 +32,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..artifacts import locked, project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
+from ..artifacts import MissingArtifactError, StaleArtifactError, locked, project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
 from ..data import load_imdb, perplexity_reviews, ppo_queries
 from ..merge import merge_adapter, save_merged
 from ..models import compute_dtype_name, load_tokenizer
 from ..ppo import config_from_profile
-from ..profiles import Profile, get_profile
+from ..profiles import Profile, configure
 from ..provenance import check_count, content_hash, where_it_ran
 from ..rewards import load_reward
-from .arms import Sources, profile_quantization, yardsticks
+from ..run_notebooks import run as run_notebooks
+from .arms import Sources, yardsticks
 from .design import RECIPE, Design, _jsonable, _jsonable_ppo, design_from_manifest, reward_gains, study_claims
 from .figures import dose_response, study_frontier
 from .results import Results, load_results
@@ -65,7 +65,7 @@ from .workers import resolve_workers
 
 def study_dir(profile_name: str, folder: str | Path | None = None, version: str | None = None) -> Path:
     """Where a profile's study lives in the project (committed), unless `folder` is given. Each setting of the
-    study is a version (Profile.study_version): "v1" in `docs/study/<profile>/` itself (where it was committed
+    study is a version (Profile.study.version): "v1" in `docs/study/<profile>/` itself (where it was committed
     before versions existed), a later one in `docs/study/<profile>/<version>/`, so that a new setting never
     replaces a committed study. `version=None`: the newest *complete* version, what notebook 05 and the
     README render (a version still running does not replace the one before it)."""
@@ -110,14 +110,14 @@ def study_inputs(profile: Profile, folder: Path, out=None) -> Inputs:
         del model
     tokenizer = load_tokenizer(merged)
     data = load_imdb(profile)
-    steps = profile.study_steps or 64  # enough prompts for any steps the power calculation gives (cycled)
-    batch = profile.ppo_batch_size
+    steps = profile.study.steps or 64  # enough prompts for any steps the power calculation gives (cycled)
+    batch = profile.ppo.batch_size
     queries = ppo_queries(data["train"]["text"], tokenizer, n=steps * batch, seed=0)
-    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=profile.study_eval_prompts, seed=1)
+    eval_queries = ppo_queries(data["heldout"]["text"], tokenizer, n=profile.study.eval_prompts, seed=1)
     perplexity_texts = perplexity_reviews(profile, data)
-    sources = Sources(profile, adapter, merged, profile_quantization(profile))
+    sources = Sources(profile, adapter, merged, profile.quantize)
     return Inputs(profile, sources, tokenizer, queries, eval_queries, {profile.reward: load_reward(profile)},
-                  profile.reward, perplexity_texts, profile.study_eval_samples,
+                  profile.reward, perplexity_texts, profile.study.eval_samples,
                   merged_from=f"merge of the study's sft_adapter {content_hash(adapter)}")
 
 
@@ -133,47 +133,47 @@ def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader, fo
     if calibration and calibration.get("inputs") != key and not force:  # a new β grid would move every run's folder
         raise ValueError(f"{kept} was measured on other inputs ({calibration.get('inputs')} -> {key}: the SFT adapter, "
                          f"prompts or response lengths changed). Nothing was changed: a new setting is a new study "
-                         f"version (Profile.study_version), or --force recalibrates this one.")
+                         f"version (Profile.study.version), or --force recalibrates this one.")
     if calibration.get("inputs") != key:
         calibration = {"inputs": key, **calibrate(inputs, sticks_loader(), ppo.response_len)}
         write_json(kept, calibration)
-    betas = beta_grid(calibration, profile.study_beta_ratios)
-    seeds = tuple(range(check_count("study_seeds", profile.study_seeds)))
+    betas = beta_grid(calibration, profile.study.beta_ratios)
+    seeds = tuple(range(check_count("study_seeds", profile.study.seeds)))
     sized = folder / "power.json"  # made once: re-publishing 03 later must not move a study's steps
-    if profile.study_steps:
-        power = {"steps": profile.study_steps, "fixed_by": "Profile.study_steps"}
+    if profile.study.steps:
+        power = {"steps": profile.study.steps, "fixed_by": "Profile.study.steps"}
     elif sized.exists():
         power = read_json(sized)
     else:  # the tuning study's measured spread over seeds where it ran this setting, else notebook 03's run
         root = project_root() or Path.cwd()
-        pilot = (pilot_from_tuning(root / "docs" / "tuning" / profile.name, ppo, profile.eval_prompts)
+        pilot = (pilot_from_tuning(root / "docs" / "tuning" / profile.name, ppo, profile.evaluation.prompts)
                  or pilot_from_tutorial(root / "docs" / "tutorial" / profile.name))
         power = power_steps(profile, pilot, len(seeds), ppo)
         write_json(sized, power)
     steps = power["steps"]
-    every = max(1, math.ceil(steps / (profile.study_eval_points - 1)))
-    design = Design(betas, seeds, seeds[: profile.study_side_seeds], replace(ppo, steps=steps), every, profile.reward)
-    sizing = {"calibration": calibration, "beta_ratios": list(profile.study_beta_ratios),
+    design = Design(betas, seeds, seeds[: profile.study.side_seeds], replace(ppo, steps=steps),
+                    profile.study.eval_every(steps), profile.reward)
+    sizing = {"calibration": calibration, "beta_ratios": list(profile.study.beta_ratios),
               "beta_rule": "β = ratio · reward_sd / kl_sft_base_per_response, to 1 significant figure",
               "power": power}
     first = [folder / "runs" / design.run(RECIPE, seed, design.middle).path / "evaluation.csv" for seed in seeds]
-    if profile.study_topup_power and all(f.exists() for f in first):
+    if profile.study.topup_power and all(f.exists() for f in first):
         gains = [e.reward_mean.iloc[-1] - e.reward_mean.iloc[0] for e in (pd.read_csv(f).sort_values("step")
                                                                          for f in first)]
-        stage = second_stage(gains, profile.study_target_z, profile.study_topup_power, len(seeds),
-                             profile.study_max_seeds)
+        stage = second_stage(gains, profile.study.target_z, profile.study.topup_power, len(seeds),
+                             profile.study.max_seeds)
         design = replace(design, recipe_seeds=tuple(range(len(seeds), stage["seeds"])))
         sizing["second_stage"] = stage
     return design, sizing
 
 
 def run_study(profile: Profile, folder: str | Path | None = None, out=None, force: bool = False,
-              command: str = "make study", execute: bool = True, workers: int | str = 1) -> Results:
+              command: str = "make study", execute: bool = True, workers: int | str | None = None) -> Results:
     """Run (or resume) the profile's study into `folder`; write its findings, gains, figures and manifest
     there. `execute=False` runs nothing and reports on the runs that have landed (a study stopped part-way).
     `workers` > 1: that many Ray workers on this machine (or $RAY_ADDRESS's cluster), see helpers.harness.workers."""
     resolve_workers(workers)  # a bad count fails here, before the adapter is copied or anything is measured
-    folder = study_dir(profile.name, folder, version=profile.study_version)
+    folder = study_dir(profile.name, folder, version=profile.study.version)
     check_same_setting(profile, folder)
     with locked(folder, "the study"):  # notebook 05 with RUN_STUDY = True during `make study` waits for nothing
         return _run_study(profile, folder, out, force, command, execute, workers)
@@ -216,6 +216,10 @@ def _run_study(profile, folder, out, force, command, execute, workers) -> Result
     manifest["sessions"].append({"started": started.isoformat(timespec="seconds"), "wall_s": time.perf_counter() - clock,
                                  "executed": execute, "runs_done": int(len(ran)),
                                  "runs_landed": max(0, int(len(ran)) - done_before), **where_it_ran()})
+    # the report's files, written above, and the runs they rest on: written last, so a report torn by an
+    # interrupted write is found by load_study instead of rendered
+    manifest["report"] = {"runs_done": int(len(ran)),
+                          "files": {f: content_hash(folder / f) for f in REPORT_FILES if (folder / f).exists()}}
     write_json(manifest_file, manifest)
     return results
 
@@ -236,8 +240,11 @@ def check_same_setting(profile: Profile, folder: Path) -> None:
     if changed:
         raise ValueError(f"The study in {folder} was made with other PPO settings ("
                          + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items()))
-                         + f"). A new setting is a new version: set Profile.study_version of {profile.name!r} to a "
-                         f"new name (now {profile.study_version!r}); the committed study stays as it is.")
+                         + f"). A new setting is a new version: set study_version (Profile.study.version) of {profile.name!r} to a "
+                         f"new name (now {profile.study.version!r}); the committed study stays as it is.")
+
+
+REPORT_FILES = ("findings.csv", "gains.csv", "figures/dose_response.png", "figures/frontier.png")
 
 
 def write_verdicts(results: Results, design: Design, folder: Path) -> None:
@@ -259,6 +266,14 @@ def load_study(folder: str | Path) -> tuple[Results, Design, dict]:
         raise FileNotFoundError(f"No study in {folder} (manifest.json missing): run `make study` first, or set "
                                 f"RUN_STUDY = True in notebook 05.")
     manifest = read_json(folder / "manifest.json")
+    report = manifest.get("report", {})  # a study reported before the report was recorded has none
+    torn = [f for f, digest in report.get("files", {}).items()
+            if not (folder / f).exists() or content_hash(folder / f) != digest]
+    if torn:
+        raise StaleArtifactError(f"{folder}: {', '.join(torn)} differ from the report its manifest.json records "
+                                 f"(an interrupted write?). Nothing was read: rewrite the report from the runs with "
+                                 f"`python -m helpers.harness.study --profile {manifest['profile']} --study-dir {folder} "
+                                 f"--report-only`.")
     return load_results(folder), design_from_manifest(manifest), manifest
 
 
@@ -268,17 +283,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-dir", default=None, help="default: docs/study/<profile>/")
     parser.add_argument("--out", default=None, help="the output folder with 01's adapter (default: outputs/)")
     parser.add_argument("--force", action="store_true", help="re-run finished runs")
-    parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+    parser.add_argument("--workers", default=None, type=lambda v: v if v == "auto" else int(v),
                         help='runs in parallel on Ray: this many local workers, each on its share of the cores; '
-                             '"auto" (default): 2 on a CPU machine with Ray installed, else 1')
+                             'default: $TUTORIAL_WORKERS, else "auto" (2 on a CPU machine with Ray installed, else 1)')
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite findings, figures and manifest from the runs that landed")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | auto (default: $TUTORIAL_DTYPE, else the "
-                        "profile's); a dtype other than the committed study's is a new version (Profile.study_version)")
+                        "profile's); a dtype other than the committed study's is a new version (Profile.study.version)")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile).with_overrides(dtype=args.dtype or os.environ.get("TUTORIAL_DTYPE") or None)
-    run_study(profile, args.study_dir, args.out, force=args.force, execute=not args.report_only,
-              command="make study" + (f" PROFILE={profile.name}" if args.profile else ""), workers=args.workers)
+    profile = configure(args.profile, dtype=args.dtype)
+    study = partial(run_study, profile, args.study_dir, args.out, force=args.force, execute=not args.report_only,
+                    command="make study" + (f" PROFILE={profile.name}" if args.profile else ""), workers=args.workers)
+    try:
+        study()
+    except MissingArtifactError as missing:  # no SFT adapter yet, committed or in outputs/: notebook 01 makes it
+        if missing.notebook != "01_sft_lora" or args.report_only:
+            raise
+        print(f"{missing}\nRunning notebook 01 first.", flush=True)
+        run_notebooks([missing.notebook], profile.name, args.out)
+        study()
     return 0
 
 
