@@ -150,13 +150,17 @@ def merge_adapter(profile: Profile, adapter_dir: str | Path, tokenizer, check_te
     merged = model.merge_and_unload()  # W' = W + (α/r)·BA in every adapted layer, in place; LoRA modules dropped
     verification = verify_merge(probe, merged, tokenizer, check_texts, profile)
     verification["adapter_dir"] = str(adapter_dir)
-    verification["adapter_hash"] = content_hash(Path(adapter_dir))  # what later stages check they still match
     return merged, verification
 
 
 def save_merged(merged, tokenizer, destination: str | Path, verification: dict) -> Path:
     """Save the standalone merged model (safetensors) with its tokenizer; `verification.json` goes beside
-    the model folder, in the stage folder."""
+    the model folder, in the stage folder, with the content hash of the adapter it merged (`adapter_dir`), which
+    later stages check against 01's adapter (helpers.artifacts.require refuses a merge of a replaced adapter)."""
+    if "adapter_dir" not in verification:
+        raise ValueError("verification must name the merged adapter's folder (adapter_dir): later stages check that "
+                         "the merge is of the adapter 01 holds now")
+    verification = {**verification, "adapter_hash": content_hash(Path(verification["adapter_dir"]))}
     destination = Path(destination)
     with atomic_dir(destination) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

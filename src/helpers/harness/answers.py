@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..artifacts import project_root
+from ..ppo import LR_RATIOS
 from .design import Design, power_check, study_claims
-from .study import load_study
+from .study import load_study, study_complete
 from .verdicts import findings
 
 
@@ -68,4 +69,65 @@ def readme_block(folder: str | Path) -> str:
              "| question | answer from the study |", "| --- | --- |"]
     lines += [f"| {q} | {a} |" for q, a in answers.itertuples(index=False)]
     lines += ["", power_check(results, design, manifest)]
+    before = previous_version(folder)
+    if before is not None:
+        lines += ["", changes_line(before, folder)]
+    lines += ["", f"![dose-response: the pitfall's effects against β]({where.as_posix()}/figures/dose_response.png)"]
     return "\n".join(lines)
+
+
+def previous_version(folder: str | Path) -> Path | None:
+    """The complete study version before `folder` in its profile's docs/study/<profile>/ (v1 is the folder
+    itself, v2 its v2/ ...), or None."""
+    folder = Path(folder)
+    number = int(folder.name[1:]) if folder.name[:1] == "v" and folder.name[1:].isdigit() else 1
+    if number <= 1:
+        return None
+    root = folder.parent
+    for older in range(number - 1, 0, -1):
+        candidate = root if older == 1 else root / f"v{older}"
+        if study_complete(candidate):
+            return candidate
+    return None
+
+
+def what_changed(old: str | Path, new: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two versions of a study side by side: the settings that differ (from their manifests) and each thread
+    answer's finding that both carry (by claim key, at each one's middle β and on its slopes)."""
+    (r_old, d_old, m_old), (r_new, d_new, m_new) = load_study(old), load_study(new)
+    def settings(d, m):
+        ppo = m["design"]["ppo"]
+        return {"β": ", ".join(f"{b:g}" for b in d.betas), "β ratios (× reward spread)": m["sizing"].get("beta_ratios"),
+                "paired seeds": len(d.seeds), "recipe-only seeds": len(d.recipe_seeds), "steps": d.ppo.steps,
+                "evaluation every": d.eval_every,
+                **{f"ppo {k}": v for k, v in {**dict.fromkeys(LR_RATIOS, 1.0), **ppo}.items() if k != "steps"},
+                "runs": m["runs_done"], "compute (h)": round(m["compute_s"] / 3600, 1)}
+    a, b = settings(d_old, m_old), settings(d_new, m_new)
+    keys = [k for k in {**a, **b} if str(a.get(k)) != str(b.get(k))]
+    names = [version_name(old), version_name(new)]
+    table = pd.DataFrame({names[0]: [a.get(k, "–") for k in keys], names[1]: [b.get(k, "–") for k in keys]},
+                         index=keys).astype(str)
+
+    def rows(r, d):  # (claim key, where read) -> (its wording, effect [interval] (verdict, seeds))
+        t = findings(r, study_claims(d))
+        t = t[(t.beta == f"{d.middle:g}") | (t.beta == "slope")]
+        return {(row.key, "slope per ×10 β" if row.beta == "slope" else "middle β"): (row.claim, _summary(row))
+                for _, row in t.iterrows()}
+    x, y = rows(r_old, d_old), rows(r_new, d_new)
+    both = [k for k in y if k in x]
+    answers = pd.DataFrame({f"{names[0]} (middle β {d_old.middle:g})": [x[k][1] for k in both],
+                            f"{names[1]} (middle β {d_new.middle:g})": [y[k][1] for k in both]},
+                           index=pd.MultiIndex.from_tuples([(y[k][0], k[1]) for k in both], names=["claim", "at"]))
+    return table, answers
+
+
+def version_name(folder: str | Path) -> str:
+    name = Path(folder).name
+    return name if name[:1] == "v" and name[1:].isdigit() else "v1"
+
+
+def changes_line(old: str | Path, new: str | Path) -> str:
+    """One sentence: what `new` changed from `old`, from the two manifests."""
+    table, _ = what_changed(old, new)
+    a, b = table.columns
+    return f"Changed from {a}: " + "; ".join(f"{k} {row[a]} → {row[b]}" for k, row in table.iterrows()) + "."

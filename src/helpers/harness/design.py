@@ -118,7 +118,9 @@ def power_check(results: Results, design: Design, manifest: dict) -> str:
     if row.empty:
         return "The recipe has not run yet: no check of the power calculation."
     got = row.iloc[0]
-    verdict = "RL moved as planned" if got.z > power["target_z"] else "RL moved less than the power calculation planned"
+    share = got.gain / power["expected_gain"]  # the planned gain reached, and the target z (two separate checks)
+    verdict = (f"{share:.0%} of the planned gain, and z {'above' if got.z > power['target_z'] else 'below'} its "
+               f"target of {power['target_z']:g}")
     stage = manifest["sizing"].get("second_stage")
     second = "" if not stage else (
         f" The first stage ({stage['first_stage_seeds']} seeds) measured a gain of {stage['gain']:+.3g} with a "

@@ -12,7 +12,7 @@ study runs the arms that carry the thread's questions at fixed KL coefficients �
 How it is sized, written into the manifest:
   - β: a step-0 calibration measures the pitfall's starting drift, KL(SFT‖base) per response, and the
     reward's spread across responses; β_k = ratio_k · spread / drift, so the penalty on that drift is
-    `study_beta_ratios` (0.1, 1, 10) times the reward's spread: negligible, comparable, dominant.
+    `study_beta_ratios` times the reward's spread (v1: 0.1, 1, 10; v2: 0.01, 0.1, 1).
   - steps: a power calculation from a measured pilot: the tuning's confirmation of the study's setting
     (docs/tuning/<profile>/), else the tutorial's published 03 run (its paired held-out gain and its standard
     error over prompts, docs/tutorial/<profile>/03_ppo_evaluation.json), so that the recipe's gain over step 0 at the middle β is
@@ -36,14 +36,15 @@ import shutil
 import sys
 import time
 from dataclasses import replace
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..artifacts import MissingArtifactError, StaleArtifactError, locked, project_root, read_json, require, save_figure, stage_dir, write_csv, write_json
+from ..artifacts import (MissingArtifactError, StaleArtifactError, locked, project_root, read_json, require, save_figure,
+                         stage_dir, write_csv, write_json)
 from ..data import load_imdb, perplexity_reviews, ppo_queries
 from ..merge import merge_adapter, save_merged
 from ..models import compute_dtype_name, load_tokenizer
