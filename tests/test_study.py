@@ -405,3 +405,25 @@ def test_a_new_version_says_what_changed_from_the_one_before():
     assert "paired seeds" not in changed.index  # the same in both: not a change
     assert ("the pitfall pulls the policy towards the base", "middle β") in answers.index and answers.shape[1] == 2
     assert changes_line(v1, v2).startswith("Changed from v1: β ")
+
+
+def test_make_study_runs_notebook_01_first_where_no_sft_adapter_exists(monkeypatch):
+    """`make study` on a fresh clone without the study's committed adapter or 01's output: the CLI runs notebook 01
+    (what the Makefile used to do with its own test -d), then the study; --report-only never runs anything."""
+    from helpers.artifacts import MissingArtifactError
+    from helpers.harness import study
+
+    calls = []
+
+    def fake_study(profile, *args, **kwargs):
+        calls.append("study")
+        if calls.count("study") == 1:
+            raise MissingArtifactError("no adapter", "01_sft_lora")
+
+    monkeypatch.setattr(study, "run_study", fake_study)
+    monkeypatch.setattr(study, "run_notebooks", lambda names, profile, out: calls.append(f"{names[0]} on {profile}"))
+    assert study.main(["--profile", "tiny"]) == 0 and calls == ["study", "01_sft_lora on tiny", "study"]
+    calls.clear()
+    with pytest.raises(MissingArtifactError):
+        study.main(["--profile", "tiny", "--report-only"])
+    assert calls == ["study"]
