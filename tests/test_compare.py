@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.artifacts import stage_dir
+from helpers.artifacts import StaleArtifactError, stage_dir
 from helpers.profiles import configure
 from helpers.data import load_imdb, ppo_queries
 from helpers.harness.arms import ARMS, build_arm, yardsticks
@@ -268,8 +268,10 @@ def test_resume_reruns_exactly_when_something_that_decides_the_results_changed(t
     assert "incomplete (missing samples.csv)" in said
     config = stage_dir(fresh_outputs, "tiny", "01_sft") / "adapter" / "adapter_config.json"
     config.write_text(config.read_text() + "\n")  # re-running notebook 01 changes the adapter's files
-    _, said = one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo.learning_rate)
-    assert "settings changed (sft_adapter:" in said
+    # 02's merge is now of another adapter: refused before any run, naming the notebook to re-run (the runs'
+    # fingerprints hold the adapter too, so a merge made again would re-run every run)
+    with pytest.raises(StaleArtifactError, match="02_merge_adapter.ipynb again"):
+        one_arm(tiny, fresh_outputs, capsys, learning_rate=2 * tiny.ppo.learning_rate)
 
 
 def test_each_study_runs_its_own_ppo_settings():
