@@ -50,7 +50,7 @@ from ..merge import merge_adapter, save_merged
 from ..models import compute_dtype_name, load_tokenizer
 from ..ppo import config_from_profile
 from ..profiles import Profile, configure
-from ..provenance import check_count, content_hash, where_it_ran
+from ..provenance import content_hash, where_it_ran
 from ..rewards import load_reward
 from ..run_notebooks import run as run_notebooks
 from .arms import Sources, yardsticks
@@ -139,7 +139,7 @@ def design_for(profile: Profile, inputs: Inputs, folder: Path, sticks_loader, fo
         calibration = {"inputs": key, **calibrate(inputs, sticks_loader(), ppo.response_len)}
         write_json(kept, calibration)
     betas = beta_grid(calibration, profile.study.beta_ratios)
-    seeds = tuple(range(check_count("study_seeds", profile.study.seeds)))
+    seeds = tuple(range(profile.study.seeds))  # an integer >= 1: StudySettings checks it where it is set
     sized = folder / "power.json"  # made once: re-publishing 03 later must not move a study's steps
     if profile.study.steps:
         power = {"steps": profile.study.steps, "fixed_by": "Profile.study.steps"}

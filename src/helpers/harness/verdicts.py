@@ -114,8 +114,10 @@ def _curve_difference(results: Results, arm: str, control: str, relative: bool =
     20 steps, then 0.1 within a step). The reward is a function of the sampled text, so a step whose mean
     reward is bit-equal in both runs sampled the same tokens. Compared: training steps before the first
     step whose rollout differs; evaluations up to that step whose sampled reward is bit-equal, and their
-    perplexity (on fixed reviews, no sampling) at every evaluation up to that step. A real difference in the
-    model (an adapter not applied, or trained when it should be frozen) shows at step 0 or within a step."""
+    perplexity (on fixed reviews, no sampling) at every evaluation up to that step. A seed whose runs diverge
+    before the first evaluation after step 0 is NaN (left out): too soon for rounding, and no trained policy is
+    left to compare. A real difference in the model (an adapter not applied, or trained when it should be
+    frozen) shows in step 0's perplexity, beyond rounding on the same tokens, or as such an early divergence."""
     out = {}
     m, e = results.metrics, results.evaluation
     for seed in sorted(set(m[m.arm == arm].seed) & set(m[m.arm == control].seed)):
