@@ -170,8 +170,8 @@ def test_a_second_trainer_is_one_registry_entry_and_runs_through_the_harness(tin
     again = run_all(runs, inputs, tmp_path / "again")  # in-process: the same weights wherever they ran
     assert list(results.runs.trained_weights) == list(again.runs.trained_weights)
     assert results.evaluation.kl_ref_exact[results.evaluation.step == 2].gt(0).all()  # the nudges moved the policy
-    with pytest.raises(ValueError, match="Unknown trainer 'grpo'; valid trainers: ppo, nudge"):
-        Run("stand-in", "merged+disabled", 0, NudgeConfig(), inputs.eval_reward, 1, trainer="grpo")
+    with pytest.raises(ValueError, match="Unknown trainer 'dpo'; valid trainers: ppo, grpo, nudge"):
+        Run("stand-in", "merged+disabled", 0, NudgeConfig(), inputs.eval_reward, 1, trainer="dpo")
 
 
 # --- Ray that fits the machine ---------------------------------------------------------------------------------
@@ -218,3 +218,26 @@ def test_more_workers_than_slots_finish_every_run_and_ray_address_needs_workers(
     with pytest.raises(ConnectionError, match="nothing answers"):
         run_all(runs[:1], inputs, tmp_path / "one", workers=2)
     assert not (tmp_path / "one" / "runs").exists()
+
+
+def test_grpo_runs_through_the_harness_with_trls_reference(tiny_plan, tmp_path):
+    """GRPO's entry (TRL's GRPOTrainer) lands runs like PPO's: its arms, its β in the path, held-out evaluations
+    at the harness's steps, and KL to the reference TRL used (0 for its 'ref' copy at step 0, KL(SFT || base)
+    for the pitfall)."""
+    from helpers.grpo import GRPOSettings
+
+    inputs, _ = tiny_plan
+    settings = GRPOSettings(steps=2, prompts_per_step=2, group=2, response_len=(4, 4), beta=0.04)
+    runs = [Run("grpo", arm, 0, settings, inputs.eval_reward, 1, trainer="grpo") for arm in ("pitfall", "ref-copy")]
+    results = run_all(runs, inputs, tmp_path)
+    assert list(results.evaluation.groupby("arm").step.apply(list)) == [[0, 1, 2], [0, 1, 2]]
+    assert runs[0].label == "grpo/pitfall/beta0.04/seed0" and (results.runs.trainable_params > 0).all()
+    step0 = results.evaluation[results.evaluation.step == 0].set_index("arm")
+    assert step0.kl_ref_exact["ref-copy"] == pytest.approx(0, abs=1e-6)
+    assert step0.kl_ref_exact["pitfall"] == pytest.approx(step0.kl_base_exact["pitfall"], rel=1e-3)
+    assert step0.kl_base_exact["pitfall"] > 1e-3
+    fingerprint = json.loads((tmp_path / "runs" / runs[0].path / "fingerprint.json").read_text())
+    assert fingerprint["trainer"] == "grpo" and fingerprint["grpo"]["beta"] == 0.04
+    with pytest.raises(ValueError, match="Unknown arm 'merged\\+disabled' for GRPOSettings's trainer; valid arms: "
+                                         "recipe, ref-copy, pitfall"):
+        Run("grpo", "merged+disabled", 0, settings, inputs.eval_reward, 1, trainer="grpo")

@@ -177,6 +177,11 @@ def build_arm(name: str, profile: Profile, sft_adapter: str | Path, merged_dir: 
     return ArmModels(name, built.policy, built.reference, [built.policy, *built.extra])
 
 
+def build_from(name: str, sources: Sources, seed: int = 0) -> ArmModels:
+    """`build_arm` from a Sources (what the harness's trainers take)."""
+    return build_arm(name, sources.profile, sources.sft_adapter, sources.merged_dir, sources.quantize, seed)
+
+
 def yardsticks(profile: Profile, merged_dir: str | Path, quantize: str | None = None) -> dict[str, Reference]:
     """Fixed frozen models every arm is measured against: the SFT model (merged) and the base. Each runs one
     token through at once: safetensors are memory-mapped, and a forward reads every weight page in, so the

@@ -16,7 +16,6 @@ import torch
 from ..evaluation import Evaluator
 from ..models import model_bytes
 from ..provenance import weights_hash, where_it_ran
-from .arms import ARMS, build_arm
 from .measure import RssPeak, _Unmeasured
 from .run import Inputs, Run, seed_queries
 from .trainers import Trainer, trainer_for
@@ -32,7 +31,7 @@ def execute(run: Run, inputs: Inputs, sticks: dict, progress: bool = False, trai
         cuda_baseline = torch.cuda.memory_allocated()
     start = time.perf_counter()
     src = inputs.sources
-    arm = build_arm(run.arm, src.profile, src.sft_adapter, src.merged_dir, src.quantize, run.seed)
+    arm = trainer.build(run.arm, src, run.seed)
     evaluator = Evaluator(inputs.tokenizer, inputs.eval_queries, inputs.reward(inputs.eval_reward),
                           run.config.response_len, every=run.eval_every, seed=run.seed,
                           samples_per_prompt=inputs.eval_samples, yardsticks=sticks,
@@ -43,8 +42,8 @@ def execute(run: Run, inputs: Inputs, sticks: dict, progress: bool = False, trai
     metrics = fitted.metrics
     timed = metrics["step_time_s"].iloc[1:] if len(metrics) > 1 else metrics["step_time_s"]  # no warm-up step
     summary = {
-        "arm": run.arm, "seed": run.seed, "steps": run.steps, "backbones": ARMS[run.arm].backbones,
-        "model_bytes": model_bytes(*arm.holds, *fitted.holds),
+        "arm": run.arm, "seed": run.seed, "steps": run.steps, "backbones": getattr(trainer.arms[run.arm], "backbones", 1),
+        "model_bytes": model_bytes(*getattr(arm, "holds", []), *fitted.holds),
         "rss_growth_bytes": rss.growth,
         # of it: weights' file pages the first forward touches (safetensors are memory-mapped), and the rest
         "rss_file_growth_bytes": rss.growth_of("file"), "rss_anon_growth_bytes": rss.growth_of("anon"),

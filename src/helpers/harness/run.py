@@ -24,7 +24,7 @@ from ..artifacts import read_json, require, stage_dir
 from ..models import compute_dtype_name
 from ..profiles import Profile
 from ..provenance import check_count, content_hash
-from .arms import Sources, check_arms
+from .arms import Sources
 from .trainers import trainer_for
 
 RUN_FILES = ("metrics.csv", "evaluation.csv", "samples.csv", "summary.json", "fingerprint.json")
@@ -44,10 +44,11 @@ class Run:
     trainer: str = "ppo"  # a name in helpers.harness.trainers.TRAINERS
 
     def __post_init__(self):
-        check_arms([self.arm])
+        trainer = trainer_for(self.trainer)
+        trainer.check_arm(self.arm)
         check_count("seed", self.seed, minimum=0)
         check_count("eval_every", self.eval_every)
-        trainer_for(self.trainer).check(self.config)
+        trainer.check(self.config)
         object.__setattr__(self, "config", replace(self.config, seed=self.seed))
 
     @property

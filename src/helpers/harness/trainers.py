@@ -1,22 +1,25 @@
-"""The trainers the harness can run, one registry entry each: today PPO (helpers.ppo).
+"""The trainers the harness can run, one registry entry each: PPO (helpers.ppo) and GRPO (helpers.grpo, TRL's).
 
 The harness knows a trainer only through its entry: `fit` trains an arm's policy against the arm's
 reference and returns its per-step table; `beta` says which fixed KL coefficient a config runs at (None
 under an adaptive controller: the run's folder then has no beta<β> level); `check` refuses a config that
-cannot run; `fingerprint` is the config as the run's fingerprint records it. Adding a trainer is one module
-with its training loop and its config dataclass (with `steps`, `seed` and `response_len`), plus one entry in
-`TRAINERS`.
+cannot run; `fingerprint` is the config as the run's fingerprint records it. A trainer that builds its arms
+its own way (GRPO: TRL decides the reference from what it is handed) names its arm registry and builder; the
+others use helpers.harness.arms. Adding a trainer is one module with its training loop and its config
+dataclass (with `steps`, `seed` and `response_len`), plus one entry in `TRAINERS`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping
 
 import pandas as pd
 import torch
 
+from ..grpo import GRPO_ARMS, GRPOSettings, grpo_metrics, grpo_trainer, Evaluations
 from ..ppo import LR_RATIOS, PPOConfig, ValueHead, train, trainable_parameters
+from .arms import ARMS, Sources, build_from
 
 
 @dataclass
@@ -36,6 +39,13 @@ class Trainer:
     beta: Callable[[object], float | None]
     check: Callable[[object], None]
     fingerprint: Callable[[object], dict]
+    arms: Mapping = field(default_factory=lambda: ARMS)  # the arms its runs may name
+    build: Callable[[str, Sources, int], object] = build_from  # (arm, sources, seed) -> what `fit` takes
+
+    def check_arm(self, name: str) -> None:
+        if name not in self.arms:
+            raise ValueError(f"Unknown arm {name!r} for {self.config.__name__}'s trainer; valid arms: "
+                             f"{', '.join(self.arms)}")
 
 
 # --- PPO (helpers.ppo) ---------------------------------------------------------------------------------------
@@ -79,9 +89,39 @@ def ppo_fingerprint(config: PPOConfig) -> dict:
     return d
 
 
+# --- GRPO (helpers.grpo: TRL's GRPOTrainer) ----------------------------------------------------------------
+
+
+@dataclass
+class GRPOSources:
+    """A GRPO arm before TRL has seen it: TRL's trainer builds the policy and picks the reference (in `fit`)."""
+
+    name: str
+    sources: Sources
+
+
+def fit_grpo(arm: GRPOSources, tokenizer, queries, reward_fn, config: GRPOSettings, evaluator,
+             progress: bool = False) -> Fitted:
+    src = arm.sources
+    trainer = grpo_trainer(arm.name, src.profile, src.sft_adapter, src.merged_dir, tokenizer, queries, reward_fn,
+                           config)
+    trainer.add_callback(Evaluations(evaluator, trainer.model, config.steps))
+    trainer.train()
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    return Fitted(grpo_metrics(trainer), trained, [trainer.model])
+
+
+def check_grpo(config: GRPOSettings) -> None:
+    if not isinstance(config, GRPOSettings):
+        raise TypeError(f"a GRPO run needs a GRPOSettings, not {type(config).__name__}")
+    config.__post_init__()
+
+
 TRAINERS: dict[str, Trainer] = {
     "ppo": Trainer(PPOConfig, fit_ppo, beta=lambda c: None if c.adaptive_kl else c.init_kl_coef, check=check_ppo,
                    fingerprint=ppo_fingerprint),
+    "grpo": Trainer(GRPOSettings, fit_grpo, beta=lambda c: c.beta, check=check_grpo, fingerprint=asdict,
+                    arms=GRPO_ARMS, build=lambda name, sources, seed: GRPOSources(name, sources)),
 }
 
 
