@@ -23,7 +23,7 @@ PROFILE    ?=
 OUTPUT_DIR ?= outputs
 WORKERS    ?=
 DTYPE      ?=
-NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison 05_study
+NOTEBOOKS  ?= 01_sft_lora 02_merge_adapter 03_ppo_lora 04_reference_model_comparison 05_study 06_grpo_reference
 # torch is installed on its own first: a plain `torch` requirement would pull a multi-GB CUDA
 # build. Here pip finds the CPU wheel on disk; elsewhere pass e.g.
 # TORCH_INDEX=--extra-index-url=<the PyTorch CPU wheel index>.

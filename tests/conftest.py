@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # runs go in process unless a test asks for Ray workers itself (tests/test_workers.py): the default, "auto",
 # would start Ray for every small study here (helpers.harness.workers.resolve_workers)
 os.environ.setdefault("TUTORIAL_WORKERS", "1")
-NOTEBOOKS = ["01_sft_lora", "02_merge_adapter", "03_ppo_lora", "04_reference_model_comparison", "05_study"]
+NOTEBOOKS = ["01_sft_lora", "02_merge_adapter", "03_ppo_lora", "04_reference_model_comparison", "05_study",
+             "06_grpo_reference"]
 
 
 @pytest.fixture(scope="session")

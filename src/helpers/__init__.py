@@ -72,7 +72,8 @@ def _mirror_trainer_progress_to_terminal() -> None:
 
     class TerminalProgress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc="   SFT", file=sys.__stderr__, dynamic_ncols=True)
+            name = type(args).__name__.removesuffix("Config")  # SFT, GRPO
+            self.bar = tqdm(total=state.max_steps, desc=f"   {name}", file=sys.__stderr__, dynamic_ncols=True)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(state.global_step - self.bar.n)

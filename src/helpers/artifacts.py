@@ -25,6 +25,7 @@ STAGES = {
     "03_ppo": "03_ppo_lora.ipynb",
     "04_comparison": "04_reference_model_comparison.ipynb",
     "05_study": "05_study.ipynb",  # the study's own merge of its committed SFT adapter (make study)
+    "06_grpo": "06_grpo_reference.ipynb",
 }
 
 

@@ -33,38 +33,11 @@ from trl.trainer.utils import use_adapter
 
 from .merge import load_adapter
 from .models import load_model, ppo_lora_config
-from .provenance import check_count
 from .reference import Reference
+from .settings import GRPOSettings
 
 REF_ADAPTER = "ref"  # the name TRL gives its frozen copy of the trained adapter
 TRAINED_ADAPTER = "default"  # the adapter TRL copies (it looks for ".default." in parameter names)
-
-
-@dataclass(frozen=True)
-class GRPOSettings:
-    """One GRPO run's settings; TRL's GRPOConfig is made from them (`grpo_config`)."""
-
-    steps: int = 8
-    prompts_per_step: int = 2  # distinct prompts per step; each is answered `group` times
-    group: int = 4  # completions per prompt (TRL's num_generations): the advantage is relative to the group
-    response_len: tuple[int, int] = (16, 16)  # TRL samples up to max_completion_length = response_len[1]
-    learning_rate: float = 5e-4
-    beta: float = 0.04  # TRL's KL coefficient (k3 estimator in the loss); 0: no reference at all
-    temperature: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("steps", "prompts_per_step", "group"):
-            check_count(name, getattr(self, name))
-        check_count("seed", self.seed, minimum=0)
-        if self.group < 2:
-            raise ValueError(f"group must be >= 2 (an advantage relative to one completion is 0), not {self.group}")
-        if not self.beta >= 0:
-            raise ValueError(f"the KL coefficient β must be >= 0, not {self.beta!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, not {self.learning_rate!r}")
-        if not 1 <= self.response_len[0] <= self.response_len[1]:
-            raise ValueError(f"response_len must be (low, high) with 1 <= low <= high, not {self.response_len}")
 
 
 def grpo_config(settings: GRPOSettings, output_dir: str | Path = "unused") -> GRPOConfig:
@@ -130,15 +103,17 @@ class GRPOArm:
     reference: str  # what TRL then uses as the reference (β > 0)
     who: str  # who meets it this way
     build: Callable[..., Handed]
+    ppo_twin: str  # the PPO arm (helpers.harness.arms) with the same policy and reference
 
 
 GRPO_ARMS: dict[str, GRPOArm] = {
     "recipe": GRPOArm("merged SFT model + peft_config", "adapters disabled = the SFT model",
-                      "the thread's recipe; TRL's error message asks for it", _recipe),
+                      "the thread's recipe; TRL's error message asks for it", _recipe, "merged+disabled"),
     "ref-copy": GRPOArm("PeftModel with the SFT adapter (is_trainable=True)", "TRL's frozen 'ref' copy = the SFT model",
-                        "TRL >= 1.0 on its own (PR 4723)", _ref_copy),
+                        "TRL on its own (PR 4723)", _ref_copy, "adapter+ref-adapter"),
     "pitfall": GRPOArm("the same PeftModel, 'ref' copy removed", "adapters disabled = the raw base",
-                       "the default of several frameworks when an SFT adapter is continued", _pitfall),
+                       "the default of several frameworks when an SFT adapter is continued", _pitfall,
+                      "adapter+disabled"),
 }
 
 
@@ -207,3 +182,38 @@ def grpo_metrics(trainer: GRPOTrainer) -> pd.DataFrame:
     """TRL's logged metrics, one row per step: `step`, `reward`, `kl` (TRL's k3, 0 at β = 0), `step_time_s`..."""
     rows = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
     return pd.DataFrame(rows).rename(columns={"step_time": "step_time_s"})
+
+
+# --- showing what TRL did ------------------------------------------------------------------------------------
+
+
+def adapters(model: PeftModel) -> pd.DataFrame:
+    """Each adapter on the model TRL trains: LoRA parameters, how many train, whether its B matrices are all 0 (a
+    fresh LoRA: the model under it unchanged), whether it equals the adapter that trains, and whether TRL's
+    reference pass switches it on (none on: the reference is the model with adapters disabled)."""
+    weights = {name: {n.replace(f".{name}.", "."): p for n, p in model.named_parameters() if f".{name}." in n}
+               for name in model.peft_config}
+    trained = weights.get(TRAINED_ADAPTER, {})
+    rows = {name: {
+        "LoRA parameters": sum(p.numel() for p in w.values()),
+        "trainable": sum(p.numel() for p in w.values() if p.requires_grad),
+        "B = 0 (fresh)": all(not p.any() for n, p in w.items() if "lora_B" in n),
+        f"equals '{TRAINED_ADAPTER}'": w.keys() == trained.keys() and all(torch.equal(p, trained[n]) for n, p in w.items()),
+        "on in TRL's reference pass": name == REF_ADAPTER,
+    } for name, w in weights.items()}
+    return pd.DataFrame(rows).T.rename_axis("adapter")
+
+
+def step0_table(models: dict[str, PeftModel], evaluator) -> pd.DataFrame:
+    """Each arm's model before any update, on the evaluator's held-out prompts and sampled responses (the same
+    for every arm: the evaluator re-seeds): KL per token to the reference TRL will use, and to the yardsticks."""
+    rows = {}
+    for arm, model in models.items():
+        row = evaluator(0, model, TRLReference(model))
+        rows[arm] = {"TRL's reference": "the 'ref' copy" if REF_ADAPTER in model.peft_config else "adapters disabled",
+                     "KL to its reference": row["kl_ref_exact"], "KL to the SFT model": row["kl_sft_exact"],
+                     "KL to the base": row["kl_base_exact"], "held-out reward": row["reward_mean"]}
+    table = pd.DataFrame(rows).T.rename_axis("arm")
+    for column in table.columns[1:]:
+        table[column] = table[column].astype(float).round(4) + 0.0  # + 0.0: float rounding's -0.0 shows as 0.0
+    return table

@@ -181,5 +181,26 @@ class StudySettings:
         return max(1, -(-steps // (self.eval_points - 1)))
 
 
+@dataclass(frozen=True)
+class GRPOSettings:
+    """Notebook 06 and the GRPO study: one run of TRL's GRPOTrainer (helpers.grpo makes its GRPOConfig). A run's
+    fingerprint holds these fields by name."""
+
+    steps: int = 8
+    prompts_per_step: int = 2  # distinct prompts per step; each is answered `group` times
+    group: int = 4  # completions per prompt (TRL's num_generations): the advantage is relative to the group
+    response_len: tuple[int, int] = (16, 16)  # TRL samples up to max_completion_length = response_len[1]
+    learning_rate: float = 5e-4
+    beta: float = 0.04  # TRL's KL coefficient (k3 estimator in the loss); 0: no reference at all
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        # a group of 1 has an advantage of 0 (relative to itself): nothing would train
+        check_numbers(self, "grpo", zero_allowed=("beta", "seed"), minimum={"group": 2})
+        if not 1 <= self.response_len[0] <= self.response_len[1]:
+            raise ValueError(f"response_len must be (low, high) with 1 <= low <= high, not {self.response_len}")
+
+
 SECTIONS = {"sft": SFTSettings, "lora": LoraSettings, "ppo": PPOConfig, "evaluation": EvalSettings,
-            "comparison": ComparisonSettings, "study": StudySettings}
+            "comparison": ComparisonSettings, "study": StudySettings, "grpo": GRPOSettings}

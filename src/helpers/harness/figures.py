@@ -8,12 +8,16 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import t_interval
+from ..grpo import GRPO_ARMS
 from .arms import ARMS
 from .verdicts import paired_values
 
 
 def arm_style(arm: str) -> dict:
-    """The arm's line style from the one arm registry (helpers.harness.arms.ARMS); unknown arms get matplotlib's."""
+    """The arm's line style from the one arm registry (helpers.harness.arms.ARMS); a GRPO arm (helpers.grpo) has
+    its PPO twin's colour; unknown arms get matplotlib's."""
+    if arm in GRPO_ARMS:
+        return {**ARMS[GRPO_ARMS[arm].ppo_twin].style, "linewidth": 2.5, "alpha": 0.9}
     return dict(ARMS[arm].style) if arm in ARMS else {}
 
 
@@ -204,5 +208,30 @@ def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...
            title="Reward–KL frontier: each line from step 0 (left) to the end; thicker = larger β")
     if len(e):
         ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def grpo_curves(results):
+    """GRPO (notebook 06): each arm's held-out evaluations over training, a line per β (solid: the largest; dashed:
+    β = 0), mean over the seeds it ran with its 95% band where there are several (n in the legend)."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = [("reward_mean", "held-out reward", "reward (reward-model score)"),
+              ("kl_sft_exact", "held-out KL to the SFT model", "KL per token (nats)"),
+              ("kl_base_exact", "held-out KL to the base model", "KL per token (nats)"),
+              ("perplexity", "held-out IMDB perplexity", "perplexity")]
+    e = results.evaluation
+    for ax, (column, title, ylabel) in zip(axes.flat, panels):
+        for (arm, beta), table in e.groupby(["arm", "beta"], sort=False):
+            band = seed_band(table, column)
+            style = {**arm_style(arm), **({"linestyle": "--", "marker": None} if beta == 0 else {})}
+            ax.plot(band["step"], band["mean"], label=f"{arm}, β={beta:g} (n={band['n'].max()})", **style)
+            if band["n"].max() > 1:
+                ax.fill_between(band["step"], band["low"], band["high"], color=style.get("color"), alpha=0.12,
+                                linewidth=0)
+        ax.set(xlabel="GRPO steps done", ylabel=ylabel, title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0, 0].legend(fontsize=9)
+    fig.suptitle("GRPO with TRL's GRPOTrainer: what each way of handing it the SFT model does")
     fig.tight_layout()
     return fig

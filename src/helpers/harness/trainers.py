@@ -106,6 +106,9 @@ def fit_grpo(arm: GRPOSources, tokenizer, queries, reward_fn, config: GRPOSettin
     trainer = grpo_trainer(arm.name, src.profile, src.sft_adapter, src.merged_dir, tokenizer, queries, reward_fn,
                            config)
     trainer.add_callback(Evaluations(evaluator, trainer.model, config.steps))
+    if not progress:  # `make tutorial`'s terminal bar (helpers/__init__.py): from a Ray worker it lands in the notebook
+        for callback in [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TerminalProgress"]:
+            trainer.remove_callback(callback)
     trainer.train()
     trained = [p for p in trainer.model.parameters() if p.requires_grad]
     return Fitted(grpo_metrics(trainer), trained, [trainer.model])
