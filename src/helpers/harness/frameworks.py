@@ -31,6 +31,9 @@ FRAMEWORKS = [
     Framework("TRL 1.16 GRPOTrainer, merged model + peft_config", "adapters disabled = the SFT model",
               "0.0 (no reference)", "merged+disabled", "recipe",
               "trl/trainer/grpo_trainer.py:476 (get_peft_model), :444-449 (a PeftModel + peft_config: merge first)"),
+    Framework("TRL 1.16 DPO, KTO and RLOO trainers, a PeftModel with the SFT adapter",
+              "a frozen copy of the adapter ('ref'), as GRPO", "- (no GRPO; DPO and KTO β 0.1, RLOO 0.05)",
+              "adapter+ref-adapter", "-", "trl/trainer/dpo_trainer.py:689, kto_trainer.py:740, rloo_trainer.py:421"),
     Framework("Unsloth (GRPO patch of TRL)", "meant to be the base: it comments out TRL's 'ref' copy", "0.001",
               "adapter+disabled", "pitfall", "unsloth/models/rl.py @0050c73e, patch_functions (add_adapter_block_pattern); "
               "β in _patch_trl_rl_trainers_impl",
@@ -48,6 +51,8 @@ FRAMEWORKS = [
     Framework("LLaMA-Factory, create_new_adapter=True", "merges first: the SFT model", "-", "merged+disabled", "-",
               "src/llamafactory/model/adapter.py @01d87b82:166-182",
               "ignored (the adapter is resumed) on a quantized model, ZeRO-3 or use_unsloth"),
+    Framework("LLaMA-Factory, ref_model + ref_model_adapters", "a separate model: base + SFT adapter", "-",
+              "adapter+copy", "-", "src/llamafactory/train/trainer_utils.py @002f58ef:120-124"),
     Framework("ms-swift, --adapters sft (default ref_adapters=[])", "adapters disabled = the base", "0.04",
               "adapter+disabled", "pitfall", "swift/pipelines/train/rlhf.py @0319d04b:164-173 (ref_adapters)",
               "β and the GRPO trainer's disable_adapter read in copies whose path the index hides, and in the docs"),
@@ -64,3 +69,23 @@ def framework_table(grpo: bool = False) -> pd.DataFrame:
     rows = [asdict(f) for f in FRAMEWORKS if not (grpo and f.grpo_arm == "-")]
     table = pd.DataFrame(rows).set_index("name")
     return table.drop(columns=["ppo_arm" if grpo else "grpo_arm"])
+
+
+def framework_markdown(step0: pd.DataFrame | None = None) -> str:
+    """The README's table. `step0`: notebook 06's table (arm, "KL to its reference", ...) from a run of TRL's own
+    GRPOTrainer; TRL's GRPO rows then say what that run measured, the others are cited from their sources."""
+    measured = {} if step0 is None else dict(zip(step0["arm"], step0["KL to its reference"]))
+    lines = ["| framework (setting) | reference when RL continues an SFT LoRA | default GRPO β | arm (PPO · GRPO) | "
+             "evidence |", "| --- | --- | --- | --- | --- |"]
+    for f in FRAMEWORKS:
+        arms = f"`{f.ppo_arm}`" + (f" · `{f.grpo_arm}`" if f.grpo_arm != "-" else "")
+        if f.name.startswith("TRL") and f.grpo_arm in measured:
+            evidence = (f"measured in notebook 06 (TRL's own GRPOTrainer): step-0 KL to its reference "
+                        f"{measured[f.grpo_arm]:.4f} nats/token; `{f.source}`")
+        else:
+            evidence = f"`{f.source}`" + ("" if f.confirmed == "source" else f"; caveat: {f.confirmed}")
+            if f.grpo_arm in measured:
+                evidence += (f"; its GRPO arm, run through TRL in notebook 06: step-0 KL to its reference "
+                             f"{measured[f.grpo_arm]:.4f} nats/token")
+        lines.append(f"| {f.name} | {f.reference} | {f.beta} | {arms} | {evidence} |")
+    return "\n".join(lines)

@@ -102,7 +102,9 @@ RESULT_FILES = {"notebooks/timings.json": "timings.json", "01_sft/adapter/metric
                 **{f"04_comparison/{t}.csv": f"04_comparison/{t}.csv" for t in ("metrics", "evaluation", "runs", "summary")},
                 **{f"figures/{f}.png": f"figures/{f}.png" for f in ("01_sft_perplexity", "03_ppo_curves")},
                 **{f"04_comparison/figures/{f}.png": f"figures/04_{f}.png"
-                   for f in ("comparison", "frontier", "memory_time", "penalty_alone")}}
+                   for f in ("comparison", "frontier", "memory_time", "penalty_alone")},
+                **{f"06_grpo/{t}.csv": f"06_grpo_{t}.csv" for t in ("step0", "run_ends")},
+                "06_grpo/figures/grpo_curves.png": "figures/06_grpo_curves.png"}
 
 
 def publish_results(run: str | Path, destination: str | Path, command: str) -> Path:
@@ -112,7 +114,7 @@ def publish_results(run: str | Path, destination: str | Path, command: str) -> P
     run = Path(run)
     missing = [f for f in RESULT_FILES if not (run / f).exists()]
     if missing:
-        raise SystemExit(f"{run} lacks {', '.join(missing)}: run `make tutorial` (all five notebooks) first.")
+        raise SystemExit(f"{run} lacks {', '.join(missing)}: run `make tutorial` (every notebook) first.")
     runs = pd.read_csv(run / "04_comparison" / "runs.csv")
     with atomic_dir(destination) as tmp:
         for source, name in RESULT_FILES.items():
