@@ -37,7 +37,7 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 LATEST_VENV ?= .venv-latest
 
-.PHONY: install tutorial test test-fast study lab publish test-latest clean
+.PHONY: install tutorial test test-fast study study-grpo lab publish test-latest clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -66,6 +66,11 @@ test-fast: install
 study: install
 	$(PY) -m helpers.harness.study $(if $(PROFILE),--profile $(PROFILE)) --out $(OUTPUT_DIR) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(DTYPE),--dtype $(DTYPE))
+
+# the GRPO study (notebook 06 renders it): TRL's GRPOTrainer at the frameworks' default βs, the PPO study's inputs
+study-grpo: install
+	$(PY) -m helpers.harness.grpo_study $(if $(PROFILE),--profile $(PROFILE)) --out $(OUTPUT_DIR) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SEEDS),--seeds $(SEEDS))
 
 # jupyter refuses to run as root without --allow-root (containers, CI)
 lab: install

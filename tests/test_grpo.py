@@ -1,8 +1,10 @@
 """GRPO through TRL's own GRPOTrainer on `tiny` (helpers.grpo): each arm is built by TRL's code path, and the
 reference TRL uses is the one the arm names."""
 
+import json
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 from conftest import random_sft
@@ -114,3 +116,26 @@ def test_an_adapter_loaded_frozen_is_refused_before_training(tiny, tokenizer, gr
         _trainer("frozen", tiny, tokenizer, grpo_inputs)
     with pytest.raises(ValueError, match="Unknown GRPO arm 'merged'; valid arms: recipe, ref-copy, pitfall"):
         _trainer("merged", tiny, tokenizer, grpo_inputs)
+
+
+def test_the_grpo_study_runs_its_design_and_judges_its_claims(tiny, tokenizer, tmp_path):
+    """The GRPO study through the harness on tiny: β = 0 once, the pitfall and TRL's copy at each framework β and
+    the calibrated one, the recipe at the middle; findings for every claim, β = 0 against the smallest β."""
+    from helpers.harness.grpo_study import FRAMEWORK_BETAS, calibrated_beta, design_for, run_grpo_study
+
+    out = tmp_path / "outputs"
+    random_sft(tiny, tokenizer, out)
+    calibration = {"kl_sft_base_per_token": 0.25}
+    design, _ = design_for(tiny, 2, calibration)
+    assert design.betas == (*FRAMEWORK_BETAS, 4.0) and calibrated_beta(0.25) == 4.0 and calibrated_beta(0.47) == 2.0
+    results = run_grpo_study(tiny, 2, tmp_path / "grpo", out, workers=1, calibration=calibration)
+    assert len(results.runs) == 2 * (1 + 2 * 4 + 1) and set(results.runs.beta) == {0.0, *design.betas}
+    table = pd.read_csv(tmp_path / "grpo" / "findings.csv")
+    pulls = table[table.key == "pull"]
+    assert sorted(pulls.beta.astype(str)) == sorted(["0.001", "0.01", "0.04", "4", "slope"])
+    assert {"kept_at_kl", "kept_kl_per_step", "small_beta", "pull_cost"} <= set(table.key)
+    assert (table.n_seeds == 2).all()
+    start = table[table.key == "kl_ref_start"].effect.item()  # the pitfall starts at KL(SFT || base), the copy at 0
+    assert start > 1e-3
+    manifest = json.loads((tmp_path / "grpo" / "manifest.json").read_text())
+    assert manifest["runs"] == manifest["runs_done"] == 20 and not manifest["missing"]

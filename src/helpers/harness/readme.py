@@ -11,6 +11,7 @@ from ..artifacts import atomic_file, project_root, read_json
 from ..profiles import DEFAULT_PROFILE
 from .answers import readme_block
 from .frameworks import framework_markdown
+from .grpo_report import exploratory_line
 from .results import load_results
 from .verdicts import findings, readable
 
@@ -48,6 +49,7 @@ def tutorial_block(folder: str | Path) -> str:
              f"- 03: after {ppo['steps']} PPO steps the held-out reward (reward-model logit, {ppo['prompts']} "
              f"prompts, paired) changed by {ppo['gain']:+.3f} (95% CI {ppo['ci_low']:+.3f} to {ppo['ci_high']:+.3f}, "
              f"z = {ppo['z']:.1f}) over the merged SFT model.",
+             *_grpo_lines(folder),
              "- 04, the verdicts (per paired seed, arm − control; the sanity checks that hold by construction "
              "are in the notebook, apart):", "",
              "| claim | study | measure | control | effect | 95% interval | seeds | verdict |",
@@ -60,6 +62,18 @@ def tutorial_block(folder: str | Path) -> str:
         cells = [r.claim, r.study, r.measure, f"`{r.control}`", r.effect, interval, r.n_seeds, f"{r.verdict}{settle}"]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _grpo_lines(folder: Path) -> list[str]:
+    """06's line: TRL's GRPOTrainer, each arm's step-0 KL to the reference TRL used, and its one-seed run."""
+    step0, ends = folder / "06_grpo_step0.csv", folder / "06_grpo_run_ends.csv"
+    if not (step0.exists() and ends.exists()):
+        return []
+    kl = pd.read_csv(step0).set_index("arm")["KL to its reference"]
+    ends = pd.read_csv(ends)
+    beta = float(ends.beta.max())
+    return [f"- 06 (TRL's own GRPOTrainer): KL per token to the reference TRL used, before any update: "
+            + ", ".join(f"{arm} {value:.4f}" for arm, value in kl.items()) + ". " + exploratory_line(ends, beta)]
 
 
 def benchmark_block(folder: str | Path) -> str:
