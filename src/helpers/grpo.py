@@ -83,18 +83,23 @@ class Handed:
     drop_ref: bool = False  # delete TRL's "ref" copy after __init__ (what several frameworks do)
 
 
+# an 8-bit profile trains on an 8-bit backbone here too (Profile.quantize), as its PPO arms do
 def _recipe(profile, sft_adapter: Path, merged_dir: Path) -> Handed:
-    merged = load_model(profile, merged_dir)
+    merged = load_model(profile, merged_dir, quantize=profile.quantize)
     return Handed(merged, ppo_lora_config(profile, merged))
 
 
+def _sft_trainable(profile, sft_adapter: Path) -> PeftModel:
+    return load_adapter(load_model(profile, quantize=profile.quantize), sft_adapter, profile, TRAINED_ADAPTER,
+                        trainable=True)
+
+
 def _ref_copy(profile, sft_adapter: Path, merged_dir: Path) -> Handed:
-    return Handed(load_adapter(load_model(profile), sft_adapter, profile, TRAINED_ADAPTER, trainable=True))
+    return Handed(_sft_trainable(profile, sft_adapter))
 
 
 def _pitfall(profile, sft_adapter: Path, merged_dir: Path) -> Handed:
-    return Handed(load_adapter(load_model(profile), sft_adapter, profile, TRAINED_ADAPTER, trainable=True),
-                  drop_ref=True)
+    return Handed(_sft_trainable(profile, sft_adapter), drop_ref=True)
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ GRPO_ARMS: dict[str, GRPOArm] = {
     "recipe": GRPOArm("merged SFT model + peft_config", "adapters disabled = the SFT model",
                       "the thread's recipe; TRL's error message asks for it", _recipe, "merged+disabled"),
     "ref-copy": GRPOArm("PeftModel with the SFT adapter (is_trainable=True)", "TRL's frozen 'ref' copy = the SFT model",
-                        "TRL on its own (PR 4723)", _ref_copy, "adapter+ref-adapter"),
+                        "TRL itself (grpo_trainer.py:478-506)", _ref_copy, "adapter+ref-adapter"),
     "pitfall": GRPOArm("the same PeftModel, 'ref' copy removed", "adapters disabled = the raw base",
                        "the default of several frameworks when an SFT adapter is continued", _pitfall,
                       "adapter+disabled"),
