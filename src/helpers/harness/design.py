@@ -13,7 +13,7 @@ from ..ppo import LR_RATIOS, PPOConfig
 from ..provenance import check_count
 from .results import Results
 from .run import Run
-from .verdicts import SAYS, Claim
+from .verdicts import SAYS, Claim, dose_claims
 
 STUDY = "fixed-beta"
 RECIPE = "merged+disabled"  # merge, then a new LoRA; the reference is the merged model (adapters disabled)
@@ -62,10 +62,7 @@ def study_claims(design: Design) -> list[Claim]:
     answers (helpers.harness.answers) look them up by key."""
     pit, ctl, mid = "adapter+disabled", "adapter+ref-adapter", design.middle
     pitfall = [("pull", "kl_base_change", "<0"), ("drift", "kl_sft_end", ">0"), ("perplexity", "perplexity_end", ">0")]
-    claims = [Claim(SAYS[key], pit, ctl, measure, sign, study=STUDY, beta=b, key=key) for b in design.betas
-              for key, measure, sign in pitfall]
-    claims += [Claim(f"{SAYS[key]}, more so at larger β", pit, ctl, measure, sign, study=STUDY, over_beta=True,
-                     key=key) for key, measure, sign in pitfall]
+    claims = dose_claims(pit, ctl, STUDY, design.betas, pitfall, SAYS)
     kept = "keeping the SFT adapter (right reference)"
     claims += [
         Claim(f"{kept} reaches less reward at matched KL to SFT than merging", ctl, RECIPE, "reward_at_kl_sft", "<0",

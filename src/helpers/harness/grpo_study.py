@@ -29,16 +29,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import read_json, write_csv, write_json
+from ..artifacts import read_json, write_csv
 from ..profiles import Profile, configure
-from ..provenance import content_hash, where_it_ran
 from ..settings import GRPOSettings
 from .results import Results
 from .run import Run
 from .schedule import run_all
 from .sizing import round_1sf
-from .study import study_dir, study_inputs
-from .verdicts import SAYS, Claim, findings, verdict
+from .study import study_dir, study_inputs, write_manifest
+from .verdicts import SAYS, Claim, dose_claims, findings, verdict
 
 STUDY = "grpo"
 FRAMEWORK_BETAS = (0.001, 0.01, 0.04)  # verl and Unsloth, OpenRLHF, ms-swift (helpers.harness.frameworks)
@@ -87,10 +86,7 @@ def grpo_claims(design: GRPODesign) -> list[Claim]:
     pitfall = [("pull", "kl_base_change", "<0"), ("drift", "kl_sft_end", ">0"), ("perplexity", "perplexity_end", ">0"),
                ("pull_cost", "reward_end", "<0")]
     says = {**SAYS, "pull_cost": "the pitfall ends with less held-out reward"}
-    claims = [Claim(says[key], PIT, COPY, measure, sign, study=STUDY, beta=b, key=key)
-              for b in design.betas for key, measure, sign in pitfall]
-    claims += [Claim(f"{says[key]}, more so at larger β", PIT, COPY, measure, sign, study=STUDY, over_beta=True,
-                     key=key) for key, measure, sign in pitfall]
+    claims = dose_claims(PIT, COPY, STUDY, design.betas, pitfall, says)
     kept = "continuing the SFT adapter with TRL's copy"
     claims += [
         Claim(f"{kept} reaches less reward at matched KL to SFT than merging", COPY, RECIPE, "reward_at_kl_sft", "<0",
@@ -139,22 +135,11 @@ def run_grpo_study(profile: Profile, seeds: int, folder: Path | None = None, out
     if not len(results.runs):
         return results
     write_report(results, design, folder)
-    manifest_file = folder / "manifest.json"
-    manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
-    ran = results.runs
-    manifest.update({
+    write_manifest(folder, runs, results, {
         "command": command, "profile": profile.name, "trainer": "TRL GRPOTrainer",
         "design": {"betas": list(design.betas), "seeds": list(design.seeds), "grpo": asdict(design.grpo),
-                   "eval_every": design.eval_every, "reward": design.reward}, "sizing": sizing,
-        "runs": len(runs), "runs_done": int(len(ran)), "compute_s": float(ran["total_time_s"].sum()),
-        "commits": sorted(set(ran["commit"].astype(str))), "machines": sorted(set(ran["cpu"].astype(str))),
-        "missing": [r.label for r in runs if not (folder / "runs" / r.path / "fingerprint.json").exists()],
-    })
-    manifest["sessions"].append({"started": started.isoformat(timespec="seconds"), "wall_s": time.perf_counter() - clock,
-                                 "executed": execute, "runs_done": int(len(ran)), **where_it_ran()})
-    manifest["report"] = {"runs_done": int(len(ran)),
-                          "files": {f: content_hash(folder / f) for f in REPORT_FILES if (folder / f).exists()}}
-    write_json(manifest_file, manifest)
+                   "eval_every": design.eval_every, "reward": design.reward}, "sizing": sizing},
+        started, clock, execute, REPORT_FILES)
     return results
 
 

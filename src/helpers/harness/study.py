@@ -201,13 +201,21 @@ def _run_study(profile, folder, out, force, command, execute, workers) -> Result
         print(f"No run of this design has landed in {folder}: nothing written (the report keeps what is there).")
         return results
     write_verdicts(results, design, folder)
+    write_manifest(folder, runs, results, {"command": command, "profile": profile.name,
+                                           "dtype": compute_dtype_name(profile), "design": _jsonable(design),
+                                           "sizing": sizing}, started, clock, execute, REPORT_FILES)
+    return results
+
+
+def write_manifest(folder: Path, runs, results: Results, fields: dict, started: datetime, clock: float,
+                   execute: bool, report_files) -> None:
+    """A study's manifest.json: `fields` (command, design, sizing...), the runs done and missing, where they ran,
+    this session appended to the earlier ones, and the hashes of the report's files."""
     manifest_file = folder / "manifest.json"
     manifest = read_json(manifest_file) if manifest_file.exists() else {"sessions": []}
     ran = results.runs
     manifest.update({
-        "command": command, "profile": profile.name, "dtype": compute_dtype_name(profile),
-        "design": _jsonable(design), "sizing": sizing,
-        "runs": len(runs), "runs_done": int(len(ran)),
+        **fields, "runs": len(runs), "runs_done": int(len(ran)),
         "compute_s": float(ran["total_time_s"].sum()) if len(ran) else 0.0,
         "commits": sorted(set(ran["commit"].astype(str))) if len(ran) else [],
         "machines": sorted(set(ran["cpu"].astype(str))) if len(ran) else [],
@@ -220,9 +228,8 @@ def _run_study(profile, folder, out, force, command, execute, workers) -> Result
     # the report's files, written above, and the runs they rest on: written last, so a report torn by an
     # interrupted write is found by load_study instead of rendered
     manifest["report"] = {"runs_done": int(len(ran)),
-                          "files": {f: content_hash(folder / f) for f in REPORT_FILES if (folder / f).exists()}}
+                          "files": {f: content_hash(folder / f) for f in report_files if (folder / f).exists()}}
     write_json(manifest_file, manifest)
-    return results
 
 
 def check_same_setting(profile: Profile, folder: Path) -> None:

@@ -254,6 +254,14 @@ CLAIMS = [
     Claim(SAYS["kept_step_time"], "adapter+ref-adapter", "merged+disabled", "step_time", ">0", key="kept_step_time"),
 ]
 
+def dose_claims(arm: str, control: str, study: str, betas, measures, says: dict) -> list[Claim]:
+    """Each (key, measure, expected sign) of `measures` at every β, then its slope over β (the dose-response)."""
+    claims = [Claim(says[key], arm, control, measure, sign, study=study, beta=b, key=key) for b in betas
+              for key, measure, sign in measures]
+    return claims + [Claim(f"{says[key]}, more so at larger β", arm, control, measure, sign, study=study,
+                           over_beta=True, key=key) for key, measure, sign in measures]
+
+
 FINDING_COLUMNS = ["kind", "key", "claim", "study", "beta", "arm", "control", "measure", "expected", "effect", "ci_low",
                    "ci_high", "n_seeds", "verdict", "to_settle"]
 GROWS_WITH_STEPS = {"kl_base_change", "kl_sft_end", "perplexity_end", "reward_end", "reward_gain"}
