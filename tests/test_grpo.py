@@ -139,3 +139,18 @@ def test_the_grpo_study_runs_its_design_and_judges_its_claims(tiny, tokenizer, t
     assert start > 1e-3
     manifest = json.loads((tmp_path / "grpo" / "manifest.json").read_text())
     assert manifest["runs"] == manifest["runs_done"] == 20 and not manifest["missing"]
+
+
+def test_the_framework_table_names_arms_that_exist_and_says_what_06_measured():
+    from helpers.harness.arms import ARMS
+    from helpers.harness.frameworks import FRAMEWORKS, framework_markdown, framework_table
+
+    for f in FRAMEWORKS:
+        assert f.ppo_arm in ARMS and (f.grpo_arm == "-" or f.grpo_arm in GRPO_ARMS), f.name
+    measured = pd.DataFrame({"arm": ["recipe", "ref-copy", "pitfall"], "KL to its reference": [0.0, 0.0, 0.4877]})
+    rows = framework_markdown(measured).splitlines()[2:]
+    assert len(rows) == len(FRAMEWORKS)
+    for f, row in zip(FRAMEWORKS, rows):  # each GRPO arm's row carries that arm's measured step-0 KL, no other
+        assert ("0.4877" in row) == (f.grpo_arm == "pitfall") and (("0.0000" in row) == (f.grpo_arm in ("recipe", "ref-copy")))
+    assert "measured in notebook 06" not in framework_markdown(None)
+    assert set(framework_table(grpo=True).grpo_arm) <= set(GRPO_ARMS)
