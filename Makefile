@@ -1,5 +1,5 @@
 # Two commands do all the set-up themselves:
-#   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 05 with papermill
+#   make tutorial [PROFILE=smol] [OUTPUT_DIR=outputs]   run notebooks 01 -> 06 with papermill
 #                 [DTYPE=float32|bfloat16|auto]       (default: the profile's dtype)
 #   make test                                          install and run the test suite (what CI runs)
 #   make test-fast                                     the unit tests only (no notebooks): the inner loop
