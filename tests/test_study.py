@@ -318,6 +318,29 @@ def test_the_readme_results_are_generated_from_the_committed_runs():
     assert any(line.startswith("| 01 | 02 | 03 | 04 |") for line in generated.splitlines()) and "the pitfall pulls the policy towards the base" in generated
 
 
+def test_the_readme_opens_with_answers_whose_words_follow_their_verdicts(monkeypatch):
+    """The answers-first table: each question's words are the ones its claim's verdict picks, next to that
+    verdict; with the verdict changed, the words change with it."""
+    from helpers.harness import answers
+    from helpers.harness.readme import tutorial_dir
+
+    def rows(text):
+        return [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+    got = rows(answers.answers_first(study_dir("smol"), tutorial_dir("smol")))
+    assert len(got) == len(answers.ANSWERS) == 4
+    for (key, (question, says)), cells in zip(answers.ANSWERS.items(), got):
+        assert cells[0] == f"| {question}" and set(says) == {"as expected", "differs", "inconclusive"}
+        verdict = next(v for v in says if f"({v}," in cells[2])
+        assert cells[1] == f"{says[verdict]}."
+    flipped = {"as expected": "differs", "differs": "as expected", "inconclusive": "inconclusive"}
+    real = answers.findings
+    monkeypatch.setattr(answers, "findings", lambda *a, **k: real(*a, **k).assign(
+        verdict=lambda t: t.verdict.map(flipped)))
+    changed = rows(answers.answers_first(study_dir("smol"), tutorial_dir("smol")))
+    assert [c[1] for c in changed] != [c[1] for c in got]
+
+
 def test_the_power_check_compares_the_recipe_with_the_planned_gain_and_z():
     """The study says how much of the planned gain the recipe reached and whether its z passed the target: two
     checks, both from the recipe's measured gain (v1 passed z 3 with 41% of the planned gain, at 20 seeds)."""

@@ -7,10 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from ..artifacts import project_root
+from ..checkpoints import GGUF_NAME
+from ..profiles import configure
 from ..ppo import LR_RATIOS
 from .design import Design, power_check, study_claims
+from .results import load_results
 from .study import load_study, study_complete
-from .verdicts import findings
+from .verdicts import CLAIMS, findings
 
 
 def _summary(row) -> str:
@@ -131,3 +134,55 @@ def changes_line(old: str | Path, new: str | Path) -> str:
     table, _ = what_changed(old, new)
     a, b = table.columns
     return f"Changed from {a}: " + "; ".join(f"{k} {row[a]} → {row[b]}" for k, row in table.iterrows()) + "."
+
+
+THREAD = "https://github.com/huggingface/trl/issues/250"
+
+# each question's one-line answer, by its claim's verdict: the words are chosen by the verdict, never typed per run
+ANSWERS = {
+    "kl_ref_start": ("Without merging, is the reference (\"adapters disabled\") the raw base?",
+                     {"as expected": "Yes: the kept adapter starts at KL(SFT‖base) from its reference, its control "
+                                     "(a frozen copy of the SFT adapter) at 0",
+                      "differs": "No: it starts closer to its reference than the control",
+                      "inconclusive": "Not shown"}),
+    "pull": ("Why merge?",
+             {"as expected": "Without it, the KL penalty pulls the policy back towards the base model",
+              "differs": "The penalty pulled the kept adapter away from the base, not towards it",
+              "inconclusive": "A pull towards the base is not shown at this β"}),
+    "copy_equals": ("After merging, is `ref_model=None` (adapters disabled) the same as an explicit frozen copy?",
+                    {"as expected": "Yes, to float rounding",
+                     "differs": "No: they differ beyond float rounding",
+                     "inconclusive": "Not shown"}),
+    "kept_at_kl": ("Can I keep training the SFT adapter instead, with the SFT adapter as the reference?",
+                   {"as expected": "Possible, but it reaches less reward than merging at the same KL to the SFT model",
+                    "differs": "Possible, and it reaches more reward than merging at the same KL to the SFT model",
+                    "inconclusive": "Possible (TRL's GRPOTrainer does it with a frozen copy); at the same KL to the "
+                                    "SFT model its reward is not shown different from merging"}),
+}
+
+
+def answers_first(study_folder: str | Path, tutorial_folder: str | Path) -> str:
+    """The README's opening table: the thread's four questions, each answered in one line chosen by its claim's
+    verdict, with the number, its 95% interval and its scope. From the committed study and the committed
+    tutorial run's notebook 04 (the copy's equality, which the study does not run)."""
+    results, design, manifest = load_study(study_folder)
+    study = findings(results, study_claims(design)).set_index(["key", "beta"])
+    mid = f"{design.middle:g}"
+    tutorial = findings(load_results(Path(tutorial_folder) / "04_comparison"), CLAIMS).set_index("key")
+    profile = configure(manifest["profile"])
+    model = GGUF_NAME.split(".")[0] if profile.model == "smollm2-gguf" else profile.model
+    scope = f"{model}, IMDB, PPO {design.ppo.steps} steps at β = {mid} (the study)"
+    rows = [("kl_ref_start", study.loc[("kl_ref_start", mid)], "nats/token at step 0, pitfall − control", scope),
+            ("pull", study.loc[("pull", mid)], "Δ KL to the base (nats/token), pitfall − control", scope),
+            ("copy_equals", tutorial.loc["copy_equals"], "largest absolute difference in any curve, copy − None",
+             f"{model}, notebook 04's published run"),
+            ("kept_at_kl", study.loc[("kept_at_kl", mid)], "held-out reward at matched KL to SFT, kept − merged",
+             scope)]
+    lines = [f"The question of [huggingface/trl#250]({THREAD}): *why merge, and which reference should the KL penalty "
+             f"use?* Measured here (generated from the committed runs by `make publish`; the full tables follow):", "",
+             "| question | answer | measured: effect [95% interval] (verdict, paired seeds) | scope |",
+             "| --- | --- | --- | --- |"]
+    for key, row, measure, where in rows:
+        question, says = ANSWERS[key]
+        lines.append(f"| {question} | {says[row['verdict']]}. | {measure}: {_summary(row)} | {where} |")
+    return "\n".join(lines)
