@@ -3,6 +3,8 @@ returns a matplotlib Figure (saved with helpers.artifacts.save_figure)."""
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -89,22 +91,26 @@ def penalty_alone(results):
 
 
 def frontier(results):
-    """Held-out reward against KL per token to the SFT model at each evaluation (mean over paired seeds;
-    the intervals are in `comparison_curves`): what each arm pays, in drift from the SFT model, for its reward."""
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    """Held-out reward against KL per token to the SFT model at each evaluation (mean over paired seeds, with
+    95% intervals on both): what each arm pays, in drift from the SFT model, for its reward."""
+    fig, ax = plt.subplots(figsize=(8, 5.2))
     x, y = seed_band(results.evaluation, "kl_sft_exact"), seed_band(results.evaluation, "reward_mean")
     both = x.merge(y, on=["arm", "step"], suffixes=("_x", "_y"))
     for arm, rows in both.groupby("arm", sort=False):
         style = arm_style(arm)
-        ax.plot(rows["mean_x"], rows["mean_y"], label=arm, color=style.get("color"), marker=style.get("marker") or "o",
-                linestyle=style.get("linestyle", "-"), alpha=0.8, markersize=5)
+        n = int(rows["n_x"].max())
+        ax.errorbar(rows["mean_x"], rows["mean_y"], xerr=[rows["mean_x"] - rows["low_x"], rows["high_x"] - rows["mean_x"]],
+                    yerr=[rows["mean_y"] - rows["low_y"], rows["high_y"] - rows["mean_y"]], label=f"{arm} (n={n})",
+                    color=style.get("color"), marker=style.get("marker") or "o", linestyle=style.get("linestyle", "-"),
+                    alpha=0.8, markersize=5, elinewidth=0.8, capsize=2)
         last = rows.iloc[-1]
-        ax.annotate(f"step {int(last['step'])}", (last["mean_x"], last["mean_y"]), fontsize=7,
+        ax.annotate(f"step {int(last['step'])}", (last["mean_x"], last["mean_y"]), fontsize=9,
                     textcoords="offset points", xytext=(4, 4), color=style.get("color"))
     ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
            ylabel="held-out reward (reward-model score)",
-           title="Reward–KL frontier: each arm from step 0 (left) to its last evaluation")
-    ax.legend(fontsize=8)
+           title="Reward–KL frontier: each arm from step 0 (left) to its last evaluation;\n"
+                 "bars: 95% intervals over its seeds (n in the legend; n=1: that seed's values)")
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -152,7 +158,7 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None):
     for c in claims:
         if c.beta is not None and not c.over_beta and c.kind == "finding" and c.arm == "adapter+disabled":
             by_measure.setdefault(c.measure, []).append(c)
-    fig, axes = plt.subplots(1, len(by_measure), figsize=(5.2 * len(by_measure), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(by_measure), figsize=(5.6 * len(by_measure), 4.6), squeeze=False)
     for ax, (measure, cs) in zip(axes[0], by_measure.items()):
         for i, c in enumerate(sorted(cs, key=lambda c: c.beta)):
             unit, values = paired_values(results.select(c.study, c.beta), c)
@@ -167,17 +173,27 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None):
                             capsize=4, label="mean, 95% CI" if i == 0 else None)
         ax.axhline(0, color="0.5", linewidth=0.8)
         ax.set_xscale("log")
+        betas = sorted(c.beta for c in cs)
+        ax.set_xticks(betas, [f"{b:g}" for b in betas])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         title = cs[0].claim
         if slopes is not None:
             row = slopes[slopes["key"] == cs[0].key]
             if len(row):
                 r = row.iloc[0]
                 title += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"
-        ax.set(xlabel="KL coefficient β (fixed, log scale)", ylabel=f"pitfall − control:\n{unit}", title=title)
-        ax.title.set_fontsize(9)
-        ax.yaxis.label.set_fontsize(8)
+                # the fitted line: the mean slope through the mean of every seed's values at the mean log β
+                points = [paired_values(results.select(c.study, c.beta), c)[1] for c in cs]
+                centre = np.mean([v.mean() for v in points if len(v)]) if any(len(v) for v in points) else 0.0
+                logs = np.log10(betas)
+                ax.plot(betas, centre + r.effect * (logs - logs.mean()), color="#d62728", linewidth=1.2,
+                        linestyle="--", label="fitted slope" if ax is axes[0][0] else None)
+        ax.set(xlabel="KL coefficient β (fixed, log scale)", title=title,
+               ylabel="pitfall − control:\n" + "\n".join(textwrap.wrap(unit, 34)))
+        ax.title.set_fontsize(10)
+        ax.yaxis.label.set_fontsize(9)
     if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=8)
+        axes[0][0].legend(fontsize=9)
     fig.suptitle("Dose-response: the pitfall (reference = base) against its control (reference = SFT adapter)")
     fig.tight_layout()
     return fig
@@ -188,7 +204,7 @@ def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...
     (mean over the seeds every line ran, so that all lines are means over the same paired seeds: the recipe's
     second-stage seeds are left out here; n in the legend). `stacked` ran fewer seeds than its twin, so its
     mean would sit beside a mean of other seeds: its equality is a claim of the findings instead."""
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    fig, ax = plt.subplots(figsize=(10, 6.2))
     e = results.select(study).evaluation
     e = e[~e["arm"].isin(leave_out)]
     if len(e):
@@ -197,17 +213,19 @@ def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...
     betas = sorted(e["beta"].dropna().unique())
     widths = {b: 0.8 + 1.2 * i for i, b in enumerate(betas)}
     for (arm, beta), g in e.groupby(["arm", "beta"], sort=False):
-        mean = g.groupby("step")[["kl_sft_exact", "reward_mean"]].mean()
+        x, y = seed_band(g, "kl_sft_exact"), seed_band(g, "reward_mean")
         style = arm_style(arm)
-        ax.plot(mean["kl_sft_exact"], mean["reward_mean"], color=style.get("color"),
-                marker=style.get("marker") or "o", linestyle=style.get("linestyle", "-"),
-                linewidth=widths[beta], markersize=4 + widths[beta], alpha=0.85,
-                label=f"{arm}, β={beta:g} (n={g.seed.nunique()})")
+        ax.errorbar(x["mean"], y["mean"], xerr=[x["mean"] - x["low"], x["high"] - x["mean"]],
+                    yerr=[y["mean"] - y["low"], y["high"] - y["mean"]], color=style.get("color"),
+                    marker=style.get("marker") or "o", linestyle=style.get("linestyle", "-"),
+                    linewidth=widths[beta], markersize=4 + widths[beta], alpha=0.85, elinewidth=0.8, capsize=2,
+                    label=f"{arm}, β={beta:g} (n={g.seed.nunique()})")
     ax.set(xlabel="KL per token to the SFT model (nats, held-out prompts)",
            ylabel="held-out reward (reward-model score)",
-           title="Reward–KL frontier: each line from step 0 (left) to the end; thicker = larger β")
+           title="Reward–KL frontier: each line from step 0 (left) to the end; thicker = larger β;\n"
+                 "bars: 95% intervals over the paired seeds")
     if len(e):
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=9, ncol=2)
     fig.tight_layout()
     return fig
 
