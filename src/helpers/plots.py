@@ -36,7 +36,12 @@ def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, ti
     beta_moved = metrics["kl_coef"].max() / metrics["kl_coef"].min() - 1 > 0.05
     extra = [c for c in ("kl_base_exact", "perplexity") if c in evaluation]
     n = 2 + len(extra) + beta_moved
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.6))
+    rows = -(-n // 2)  # a grid two panels wide: a strip of four is unreadable at a notebook's width
+    fig, grid = plt.subplots(rows, 2, figsize=(11, 3.8 * rows), sharex=True, squeeze=False)
+    axes = list(grid.flat)
+    for spare in axes[n:]:
+        spare.set_visible(False)
+    axes = axes[:n]
     ax = axes[0]
     ax.plot(metrics["step"], metrics["reward_mean"], color="0.6", alpha=0.6, linewidth=1, marker=".",
             label="this step's batch (new prompts each step)")
@@ -45,13 +50,13 @@ def ppo_curves(metrics: pd.DataFrame, evaluation: pd.DataFrame, prompts: int, ti
     ax.plot(evaluation["step"], evaluation["reward_mean"], marker="o", color="C0",
             label=f"{prompts} fixed held-out prompts (95% CI)")
     ax.set(xlabel="PPO steps done", ylabel="reward (reward-model logit)", title="reward")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     ax = axes[1]
     ax.plot(metrics["step"], metrics["kl_ref_exact"], color="0.6", alpha=0.6, linewidth=1, marker=".",
             label="this step's batch")
     ax.plot(evaluation["step"], evaluation["kl_ref_exact"], marker="o", color="C3", label="held-out prompts")
     ax.set(xlabel="PPO steps done", ylabel="KL(policy ‖ reference), nats per token", title="KL to the reference")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     labels = {"kl_base_exact": ("KL(policy ‖ base model), nats per token", "KL to the base (yardstick)"),
               "perplexity": ("perplexity", "held-out IMDB perplexity")}
     for ax, column in zip(axes[2:], extra):

@@ -54,7 +54,7 @@ def comparison_curves(results):
     evaluations (the same prompts for every arm): reward, and KL to the two yardsticks. Bottom: held-out
     perplexity, then per training step on that step's rollouts: KL to the arm's own reference (what PPO
     penalises) and the training batch's reward."""
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8), sharex=True)  # one step axis for the held-out and training panels
     panels = [
         (results.evaluation, "reward_mean", "held-out reward", "reward (reward-model score)"),
         (results.evaluation, "kl_sft_exact", "held-out KL to the SFT model (yardstick)", "KL per token (nats)"),
@@ -69,7 +69,7 @@ def comparison_curves(results):
         if column in table:
             _band_plot(ax, table, column)
         ax.set(xlabel="PPO steps done", ylabel=ylabel, title=title)
-    axes[0, 0].legend(fontsize=8, loc="best")
+    axes[0, 0].legend(fontsize=9, loc="best")
     fig.suptitle("Which reference model? Mean over paired seeds, shaded: 95% confidence interval")
     fig.tight_layout()
     return fig
@@ -78,13 +78,13 @@ def comparison_curves(results):
 def penalty_alone(results):
     """The reward switched off: only the KL penalty trains. Per evaluation: KL to the base, KL to the SFT
     model, and perplexity (mean over seeds with its 95% band, and each seed)."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharex=True)
     for ax, column, title, ylabel in [(axes[0], "kl_base_exact", "KL to the base model", "KL per token (nats)"),
                                       (axes[1], "kl_sft_exact", "KL to the SFT model", "KL per token (nats)"),
                                       (axes[2], "perplexity", "held-out IMDB perplexity", "perplexity")]:
         _band_plot(ax, results.evaluation, column)
         ax.set(xlabel="PPO steps done (reward off)", ylabel=ylabel, title=title)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=9)
     fig.suptitle("The penalty alone, reward off: where each reference takes the policy (held-out prompts)")
     fig.tight_layout()
     return fig
@@ -133,7 +133,7 @@ def memory_and_time(summary: pd.DataFrame):
         axes[1].barh(summary["arm"], anon, left=file, color=colors,
                      label="anonymous (activations, gradients, Adam, allocator)")
         # below the axis: inside it, the legend would hide the bottom arm's bar
-        axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+        axes[1].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
     axes[1].set(xlabel="MiB", title="peak CUDA memory above the yardsticks" if cuda
                 else "resident memory grown while training (CPU RSS)")
     t = summary["step_time_s"]
@@ -233,7 +233,7 @@ def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...
 def grpo_curves(results):
     """GRPO (notebook 06): each arm's held-out evaluations over training, a line per β (solid: the largest; dashed:
     β = 0), mean over the seeds it ran with its 95% band where there are several (n in the legend)."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     panels = [("reward_mean", "held-out reward", "reward (reward-model score)"),
               ("kl_sft_exact", "held-out KL to the SFT model", "KL per token (nats)"),
               ("kl_base_exact", "held-out KL to the base model", "KL per token (nats)"),

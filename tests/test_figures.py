@@ -1,0 +1,73 @@
+"""The figures a learner reads, checked against the data behind them (issue: lines side by side have the same n
+and steps, or their legend says n; aligned step axes; β ticks labelled; intervals where means are compared)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from conftest import ROOT  # noqa: E402
+
+from helpers.harness.design import study_claims  # noqa: E402
+from helpers.harness.figures import comparison_curves, dose_response, frontier, study_frontier  # noqa: E402
+from helpers.harness.results import load_results  # noqa: E402
+from helpers.harness.study import load_study, study_dir  # noqa: E402
+from helpers.harness.verdicts import findings  # noqa: E402
+from helpers.plots import ppo_curves  # noqa: E402
+
+TUTORIAL = ROOT / "docs" / "tutorial" / "smol" / "04_comparison"
+
+
+@pytest.fixture(scope="module")
+def comparison():
+    return load_results(TUTORIAL).study("main")
+
+
+def _labels(fig):
+    return [line.get_label() for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_comparison_curves_share_one_step_axis_and_every_line_says_its_n(comparison):
+    fig = comparison_curves(comparison)
+    limits = {ax.get_xlim() for ax in fig.axes}
+    assert len(limits) == 1, f"panels with different step axes: {limits}"
+    n = comparison.evaluation.groupby("arm").seed.nunique()
+    for label in _labels(fig):
+        arm = label.split(" (")[0]
+        assert f"(n={n[arm]})" in label if n[arm] > 1 else "only)" in label, label
+    plt.close(fig)
+
+
+def test_frontiers_draw_intervals_and_say_n(comparison):
+    results, design, _ = load_study(study_dir("smol"))
+    for fig, data in [(frontier(comparison), comparison.evaluation), (study_frontier(results), results.evaluation)]:
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels and all("(n=" in t for t in labels), labels
+        assert any(len(ax.containers) for ax in fig.axes), "no error bars drawn"
+        plt.close(fig)
+
+
+def test_the_dose_response_labels_the_betas_it_ran_and_draws_each_slope():
+    results, design, _ = load_study(study_dir("smol"))
+    claims = study_claims(design)
+    table = findings(results, claims)
+    fig = dose_response(results, claims, slopes=table[table.beta == "slope"])
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{b:g}" for b in design.betas]
+        assert any(line.get_linestyle() == "--" for line in ax.get_lines()), "fitted slope not drawn"
+        assert ax.title.get_fontsize() >= 9 and ax.yaxis.label.get_fontsize() >= 9
+    plt.close(fig)
+
+
+def test_ppo_curves_are_a_grid_two_panels_wide():
+    steps = range(0, 5)
+    metrics = pd.DataFrame({"step": steps, "reward_mean": 0.1, "kl_ref_exact": 0.01, "kl_coef": 0.05})
+    evaluation = pd.DataFrame({"step": [0, 4], "reward_mean": [0.1, 0.3], "reward_se": 0.05, "kl_ref_exact": [0, .1],
+                               "kl_base_exact": [0.5, 0.4], "perplexity": [58, 60]})
+    fig = ppo_curves(metrics, evaluation, prompts=16)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4 and {round(ax.get_position().width, 3) for ax in visible}.__len__() == 1
+    assert len({round(ax.get_position().x0, 2) for ax in visible}) == 2  # two columns
+    plt.close(fig)
