@@ -17,7 +17,8 @@ from typing import Callable, Mapping
 import pandas as pd
 import torch
 
-from ..grpo import GRPO_ARMS, GRPOSettings, grpo_metrics, grpo_trainer, Evaluations
+from ..grpo import GRPO_ARMS, Evaluations, grpo_metrics, grpo_trainer
+from ..settings import GRPOSettings
 from ..ppo import LR_RATIOS, PPOConfig, ValueHead, train, trainable_parameters
 from .arms import ARMS, Sources, build_from
 
