@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from ..grpo import GRPO_ARMS, Evaluations, grpo_metrics, grpo_trainer
-from ..settings import GRPOSettings
 from ..ppo import LR_RATIOS, PPOConfig, ValueHead, train, trainable_parameters
+from ..settings import GRPOSettings
 from .arms import ARMS, Sources, build_from
 
 
