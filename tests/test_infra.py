@@ -121,22 +121,24 @@ def test_ci_workflow_runs_the_readme_commands():
     assert caches and all(p == "~/.cache/lora-rlhf-tutorial" for p in caches)
 
 
-def test_which_arm_table_is_the_same_in_the_readme_and_in_notebook_04():
+def test_which_arm_table_has_one_source_rendered_by_04_06_and_the_readme():
+    """The framework table is the registry (helpers.harness.frameworks): 04 and 06 render it, the README's is the
+    generated block (its regeneration is checked in tests/test_study.py), and it names every kind of arm."""
     import nbformat
 
-    from helpers.harness.arms import ARMS
+    from helpers.harness.frameworks import FRAMEWORKS, framework_markdown
+    from helpers.harness.readme import FRAMEWORKS_BEGIN, FRAMEWORKS_END
 
-    def rows(text):
-        start = text.index("| framework | what it does | arm |")
-        return [line for line in text[start:].splitlines()[2:] if line.startswith("|")][:20]
-
-    last = nbformat.read(ROOT / "notebooks" / "04_reference_model_comparison.ipynb", as_version=4).cells[-1]
-    assert last.cell_type == "markdown" and "Which arm is my framework?" in last.source
-    table = rows(last.source)
-    readme_table = rows((ROOT / "README.md").read_text())
-    assert table == readme_table[:len(table)] and len(table) >= 9
-    named = {arm for row in table for arm in ARMS if f"`{arm}`" in row}
-    assert named == {"adapter+ref-adapter", "adapter+disabled", "merged+disabled", "adapter+copy", "merged+copy"}
+    for name, call in [("04_reference_model_comparison", "framework_table()"),
+                       ("06_grpo_reference", "framework_table(grpo=True)")]:
+        cells = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
+        assert cells[-1].cell_type == "code" and cells[-1].source.endswith(call), name
+        assert any("from helpers.harness.frameworks import framework_table" in c.source for c in cells), name
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(FRAMEWORKS_BEGIN, 1)[1].split(FRAMEWORKS_END, 1)[0].strip()
+    assert block.splitlines()[0] == framework_markdown().splitlines()[0] and len(block.splitlines()) == len(FRAMEWORKS) + 2
+    assert {f.ppo_arm for f in FRAMEWORKS} == {"adapter+ref-adapter", "adapter+disabled", "merged+disabled",
+                                               "adapter+copy", "merged+copy"}
 
 
 HEAP = """
