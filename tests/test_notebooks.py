@@ -170,8 +170,8 @@ def test_publish_results_feeds_the_readme_block_and_needs_a_whole_run(tiny_outpu
     folder = publish_results(tiny_outputs / "tiny", tmp_path / "results", "make tutorial PROFILE=tiny")
     assert all((folder / name).exists() for name in RESULT_FILES.values())
     block = tutorial_block(folder)
-    assert "`make tutorial PROFILE=tiny`" in block and "| 01 | 02 | 03 | 04 | 05 | total |" in block
-    assert "the penalty alone pulls the pitfall towards the base" in block
+    assert "`make tutorial PROFILE=tiny`" in block and "| 01 | 02 | 03 | 04 | 05 | 06 | total |" in block
+    assert "the penalty alone pulls the pitfall towards the base" in block and "- 06 (TRL's own GRPOTrainer)" in block
     assert all(line.count(" | ") == 7 for line in block.splitlines() if line.startswith("| the "))  # no stray |
     pilot = pilot_from_tutorial(folder)  # what the study's power calculation reads: 03's own JSON
     assert pilot["steps"] == tiny.ppo.steps and pilot["batch_size"] == tiny.ppo.batch_size and pilot["se"] > 0
