@@ -1,5 +1,6 @@
-"""The README's generated blocks (`make publish`): the study's answers, the tutorial run's results and the
-benchmark figures, each between its markers, each generated from committed files only."""
+"""The README's generated blocks (`make publish`): the answers first, the study's answers, the tutorial run's
+results, the framework table and the benchmark figures, each between its markers, each generated from committed
+files only."""
 
 from __future__ import annotations
 
@@ -215,7 +216,8 @@ def readme_with_study(readme: str, study_folder: str | Path) -> str:
 
 
 def readme_with_results(readme: str, study_folder: str | Path, tutorial_folder: str | Path) -> str:
-    """Both generated blocks: the study's answers and the tutorial run's results."""
+    """Every generated block: the answers first, the study's answers, the tutorial run's results, the framework
+    table and the benchmark figures."""
     readme = _with_block(readme_with_study(readme, study_folder), TUTORIAL_BEGIN, TUTORIAL_END,
                          tutorial_block(tutorial_folder))
     readme = _with_block(readme, ANSWERS_BEGIN, ANSWERS_END, answers_first(study_folder, tutorial_folder))
