@@ -37,7 +37,7 @@ from .run import Run
 from .schedule import run_all
 from .sizing import round_1sf
 from .study import study_dir, study_inputs, write_manifest
-from .verdicts import SAYS, Claim, dose_claims, findings, verdict
+from .verdicts import MEASURES, SAYS, Claim, dose_claims, findings, verdict
 
 STUDY = "grpo"
 FRAMEWORK_BETAS = (0.001, 0.01, 0.04)  # verl and Unsloth, OpenRLHF, ms-swift (helpers.harness.frameworks)
@@ -102,15 +102,12 @@ def grpo_claims(design: GRPODesign) -> list[Claim]:
 def small_beta_against_none(results: Results, beta: float) -> dict:
     """Does a penalty of `beta` on the base do anything measurable? Per seed: the pitfall's change in KL to the
     base at `beta` minus at β = 0 (no reference at all), with the same prompts and samples until they differ."""
-    def change(b):
-        e = results.select(STUDY, b).evaluation
-        e = e[e.arm == PIT].sort_values("step").groupby("seed")["kl_base_exact"]
-        return e.last() - e.first()
-    diffs = (change(beta) - change(0.0)).dropna()
+    unit, change = MEASURES["kl_base_change"]  # the pull's own measure, here one arm at two βs
+    diffs = (change(results.select(STUDY, beta), PIT) - change(results.select(STUDY, 0.0), PIT)).dropna()
     return {"kind": "finding", "key": "small_beta", "claim": f"a penalty of β = {beta:g} on the base pulls the pitfall "
             f"towards the base, against no reference (β = 0)", "study": STUDY, "beta": f"{beta:g}", "arm": PIT,
-            "control": f"{PIT} at β = 0", "measure": "change in held-out KL to the base, end minus step 0 (nats/token)",
-            "expected": "<0", **verdict(diffs.to_numpy(), "<0", grows_with_steps=True)}
+            "control": f"{PIT} at β = 0", "measure": unit, "expected": "<0",
+            **verdict(diffs.to_numpy(), "<0", grows_with_steps=True)}
 
 
 def write_report(results: Results, design: GRPODesign, folder: Path) -> pd.DataFrame:

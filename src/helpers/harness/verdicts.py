@@ -254,6 +254,7 @@ CLAIMS = [
     Claim(SAYS["kept_step_time"], "adapter+ref-adapter", "merged+disabled", "step_time", ">0", key="kept_step_time"),
 ]
 
+
 def dose_claims(arm: str, control: str, study: str, betas, measures, says: dict) -> list[Claim]:
     """Each (key, measure, expected sign) of `measures` at every β, then its slope over β (the dose-response)."""
     claims = [Claim(says[key], arm, control, measure, sign, study=study, beta=b, key=key) for b in betas
