@@ -151,15 +151,19 @@ def memory_and_time(summary: pd.DataFrame):
 # --- the full study (notebook 05) ----------------------------------------------------------------------------
 
 
-def dose_response(results, claims, slopes: pd.DataFrame | None = None):
+def dose_response(results, claims, slopes: pd.DataFrame | None = None, arm: str = "adapter+disabled",
+                  title: str = "Dose-response: the pitfall (reference = base) against its control (reference = SFT adapter)"):
     """Each of the pitfall's effects (arm minus control, per paired seed) against β: per-seed points, the mean
-    with its 95% interval, and the fitted slope per ×10 of β with its interval (from the findings table)."""
+    with its 95% interval, and the fitted slope per ×10 of β with its interval (from the findings table).
+    `arm`: the pitfall's name in the study (the PPO study's by default)."""
     by_measure = {}
     for c in claims:
-        if c.beta is not None and not c.over_beta and c.kind == "finding" and c.arm == "adapter+disabled":
+        if c.beta is not None and not c.over_beta and c.kind == "finding" and c.arm == arm:
             by_measure.setdefault(c.measure, []).append(c)
-    fig, axes = plt.subplots(1, len(by_measure), figsize=(5.6 * len(by_measure), 4.6), squeeze=False)
-    for ax, (measure, cs) in zip(axes[0], by_measure.items()):
+    rows, cols = (2, 2) if len(by_measure) == 4 else (1, len(by_measure))  # four panels as a square, not a strip
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.6 * rows), squeeze=False)
+    first = axes.flat[0]
+    for ax, (measure, cs) in zip(axes.flat, by_measure.items()):
         for i, c in enumerate(sorted(cs, key=lambda c: c.beta)):
             unit, values = paired_values(results.select(c.study, c.beta), c)
             if not len(values):
@@ -176,25 +180,25 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None):
         betas = sorted(c.beta for c in cs)
         ax.set_xticks(betas, [f"{b:g}" for b in betas])
         ax.xaxis.set_minor_locator(plt.NullLocator())
-        title = cs[0].claim
+        panel = cs[0].claim
         if slopes is not None:
             row = slopes[slopes["key"] == cs[0].key]
             if len(row):
                 r = row.iloc[0]
-                title += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"
+                panel += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"
                 # the fitted line: the mean slope through the mean of every seed's values at the mean log β
                 points = [paired_values(results.select(c.study, c.beta), c)[1] for c in cs]
                 centre = np.mean([v.mean() for v in points if len(v)]) if any(len(v) for v in points) else 0.0
                 logs = np.log10(betas)
                 ax.plot(betas, centre + r.effect * (logs - logs.mean()), color="#d62728", linewidth=1.2,
-                        linestyle="--", label="fitted slope" if ax is axes[0][0] else None)
-        ax.set(xlabel="KL coefficient β (fixed, log scale)", title=title,
+                        linestyle="--", label="fitted slope" if ax is first else None)
+        ax.set(xlabel="KL coefficient β (fixed, log scale)", title=panel,
                ylabel="pitfall − control:\n" + "\n".join(textwrap.wrap(unit, 34)))
         ax.title.set_fontsize(10)
         ax.yaxis.label.set_fontsize(9)
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=9)
-    fig.suptitle("Dose-response: the pitfall (reference = base) against its control (reference = SFT adapter)")
+    if first.get_legend_handles_labels()[0]:
+        first.legend(fontsize=9)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -226,6 +230,36 @@ def study_frontier(results, study: str = "fixed-beta", leave_out: tuple[str, ...
                  "bars: 95% intervals over the paired seeds")
     if len(e):
         ax.legend(fontsize=9, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def pull_by_algorithm(table: pd.DataFrame, kl_sft_base: float, frameworks: tuple[float, float]):
+    """The pitfall's pull (its change in KL to the base minus its control's) against β, one line per algorithm
+    (`grpo_report.beside_ppo`'s table: mean and 95% interval over each study's paired seeds, n in the legend),
+    with the pull that would undo SFT entirely (−KL(SFT‖base)) and the span of the frameworks' default βs."""
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    ax.axvspan(*frameworks, color="#1f77b4", alpha=0.08, label="the frameworks' default βs")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.axhline(-kl_sft_base, color="0.3", linestyle=":", linewidth=1.2,
+               label=f"−KL(SFT‖base) = {-kl_sft_base:.3f}: SFT undone")
+    for (name, g), marker in zip(table.groupby("algorithm", sort=False), ("o", "s")):
+        ax.errorbar(g["beta"], g["pull"], yerr=[g["pull"] - g["ci_low"], g["ci_high"] - g["pull"]], marker=marker,
+                    capsize=4, label=f"{name} (n={int(g['n_seeds'].min())}–{int(g['n_seeds'].max())} seeds per β)"
+                    if g["n_seeds"].nunique() > 1 else f"{name} (n={int(g['n_seeds'].iloc[0])} seeds per β)")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    # each algorithm's βs on its own axis (bottom: the first, top: the second), so that near βs do not overlap
+    names = list(dict.fromkeys(table["algorithm"]))
+    for axis, name in zip((ax, ax.secondary_xaxis("top")), names):
+        betas = sorted(set(table.loc[table["algorithm"] == name, "beta"]))
+        axis.set_xticks(betas, [f"{b:g}" for b in betas])
+        axis.xaxis.set_minor_locator(plt.NullLocator())
+        axis.set_xlabel(f"{name}'s KL coefficients β (log scale)")
+    ax.set(ylabel="pitfall − control: change in held-out\nKL to the base (nats/token)",
+           title="The pitfall's pull towards the base, PPO and GRPO (mean, 95% interval over paired seeds)")
+    ax.title.set_fontsize(11)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 

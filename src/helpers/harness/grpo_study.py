@@ -27,23 +27,26 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..artifacts import read_json, write_csv
+from ..artifacts import read_json, save_figure, write_csv
 from ..profiles import Profile, configure
 from ..settings import GRPOSettings
-from .results import Results
+from .figures import dose_response, grpo_curves
+from .results import Results, load_results
 from .run import Run
 from .schedule import run_all
 from .sizing import round_1sf
-from .study import study_dir, study_inputs, write_manifest
+from .study import check_report, study_dir, study_inputs, write_manifest
 from .verdicts import MEASURES, SAYS, Claim, dose_claims, findings, verdict
 
 STUDY = "grpo"
 FRAMEWORK_BETAS = (0.001, 0.01, 0.04)  # verl and Unsloth, OpenRLHF, ms-swift (helpers.harness.frameworks)
 MIDDLE = 0.04  # the recipe runs here, beside TRL's copy
 PIT, COPY, RECIPE = "pitfall", "ref-copy", "recipe"
-REPORT_FILES = ("findings.csv",)
+REPORT_FILES = ("findings.csv", "figures/dose_response.png", "figures/curves.png")
+PILOT = (0, 1)  # the first two seeds: the power calculation's pilot (pilot_power)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class GRPODesign:
         return [r for seed in self.seeds for r in [
             self.run(PIT, seed, 0.0), *[self.run(arm, seed, b) for b in self.betas for arm in (PIT, COPY)],
             self.run(RECIPE, seed, MIDDLE)]]
+
+
+def grpo_study_dir(profile_name: str) -> Path:
+    """docs/study/<profile>/grpo/: one GRPO study per profile, beside the PPO study's first version."""
+    return study_dir(profile_name, version="v1") / STUDY
 
 
 def calibrated_beta(kl_sft_base_per_token: float, ratio: float = 1.0) -> float:
@@ -115,13 +123,36 @@ def write_report(results: Results, design: GRPODesign, folder: Path) -> pd.DataF
     if len(results.runs) and {0.0, min(design.betas)} <= set(results.runs.beta):
         table = pd.concat([table, pd.DataFrame([small_beta_against_none(results, min(design.betas))])], ignore_index=True)
     write_csv(folder / "findings.csv", table)
+    if len(results.runs):
+        save_figure(dose_response(results, grpo_claims(design), slopes=table[table.beta == "slope"], arm=PIT,
+                                  title="GRPO dose-response: the pitfall (reference = base) against TRL's copy "
+                                        "(reference = SFT adapter)"), folder / "figures" / "dose_response.png")
+        save_figure(grpo_curves(results), folder / "figures" / "curves.png")
+        plt.close("all")
     return table
+
+
+def design_from_manifest(manifest: dict) -> GRPODesign:
+    d = manifest["design"]
+    grpo = {**d["grpo"], "response_len": tuple(d["grpo"]["response_len"])}
+    return GRPODesign(tuple(d["betas"]), tuple(d["seeds"]), GRPOSettings(**grpo), d["eval_every"], d["reward"])
+
+
+def load_grpo_study(folder: str | Path) -> tuple[Results, GRPODesign, dict]:
+    """The committed GRPO study: its runs' tables, design and manifest (what notebook 06 renders)."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise FileNotFoundError(f"No GRPO study in {folder} (manifest.json missing): run `make study-grpo` first, "
+                                f"or set RUN_STUDY = True in notebook 06.")
+    manifest = read_json(folder / "manifest.json")
+    check_report(folder, manifest, "helpers.harness.grpo_study")
+    return load_results(folder), design_from_manifest(manifest), manifest
 
 
 def run_grpo_study(profile: Profile, seeds: int, folder: Path | None = None, out=None, execute: bool = True,
                    workers=None, command: str = "make study-grpo", calibration: dict | None = None) -> Results:
     started, clock = datetime.now(timezone.utc), time.perf_counter()
-    folder = Path(folder or study_dir(profile.name, version="v1") / STUDY)  # docs/study/<profile>/grpo/
+    folder = Path(folder or grpo_study_dir(profile.name))
     design, sizing = design_for(profile, seeds, calibration)
     inputs = study_inputs(profile, folder, out)
     runs = design.runs()

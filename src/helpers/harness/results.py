@@ -36,6 +36,12 @@ class Results:
             return t[keep].drop(columns="study")
         return Results(*(pick(getattr(self, k)) for k in TABLES))
 
+    def seeds(self, keep) -> "Results":
+        """The runs of these seeds only (a pilot's, say)."""
+        keep = set(keep)
+        return Results(*(t[t["seed"].isin(keep)] if len(t) and "seed" in t else t
+                         for t in (getattr(self, k) for k in TABLES)))
+
     def study(self, name: str) -> "Results":
         return self.select(name)
 

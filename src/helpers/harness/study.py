@@ -274,15 +274,21 @@ def load_study(folder: str | Path) -> tuple[Results, Design, dict]:
         raise FileNotFoundError(f"No study in {folder} (manifest.json missing): run `make study` first, or set "
                                 f"RUN_STUDY = True in notebook 05.")
     manifest = read_json(folder / "manifest.json")
+    check_report(folder, manifest, "helpers.harness.study")
+    return load_results(folder), design_from_manifest(manifest), manifest
+
+
+def check_report(folder: Path, manifest: dict, module: str) -> None:
+    """Refuse a report whose files differ from the hashes its manifest recorded (torn by an interrupted write),
+    naming the command that rewrites it from the runs (`module`: the study's)."""
     report = manifest.get("report", {})  # a study reported before the report was recorded has none
     torn = [f for f, digest in report.get("files", {}).items()
             if not (folder / f).exists() or content_hash(folder / f) != digest]
     if torn:
         raise StaleArtifactError(f"{folder}: {', '.join(torn)} differ from the report its manifest.json records "
                                  f"(an interrupted write?). Nothing was read: rewrite the report from the runs with "
-                                 f"`python -m helpers.harness.study --profile {manifest['profile']} --study-dir {folder} "
+                                 f"`python -m {module} --profile {manifest['profile']} --study-dir {folder} "
                                  f"--report-only`.")
-    return load_results(folder), design_from_manifest(manifest), manifest
 
 
 def main(argv: list[str] | None = None) -> int:
