@@ -139,6 +139,16 @@ def test_the_grpo_study_runs_its_design_and_judges_its_claims(tiny, tokenizer, t
     assert start > 1e-3
     manifest = json.loads((tmp_path / "grpo" / "manifest.json").read_text())
     assert manifest["runs"] == manifest["runs_done"] == 20 and not manifest["missing"]
+    # what 06 renders: the tables, the design as it ran, the figures; a report torn by a write is refused
+    from helpers.artifacts import StaleArtifactError
+    from helpers.harness.grpo_study import load_grpo_study
+
+    loaded, loaded_design, _ = load_grpo_study(tmp_path / "grpo")
+    assert loaded_design == design and len(loaded.runs) == 20
+    assert set(manifest["report"]["files"]) == {"findings.csv", "figures/dose_response.png", "figures/curves.png"}
+    (tmp_path / "grpo" / "figures" / "curves.png").write_bytes(b"torn")
+    with pytest.raises(StaleArtifactError, match="curves.png.*grpo_study .*--report-only"):
+        load_grpo_study(tmp_path / "grpo")
 
 
 def test_the_framework_table_names_arms_that_exist_and_says_what_06_measured():
