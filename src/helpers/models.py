@@ -99,7 +99,7 @@ def resolve_dtype(name: str, on: str | torch.device | None = None) -> torch.dtyp
 
     "auto" picks bf16 only where the hardware runs it natively: a CUDA GPU with bf16, a CPU with AVX512-BF16 or
     AMX (helpers.machine.native_bf16); else fp16 on a CUDA GPU without bf16 (a T4) and fp32 on a CPU. It says
-    once what it picked and why. (Native is not always faster: README, "Performance".)"""
+    once what it picked and why. (Native is not always faster: docs/site/performance.md.)"""
     target = torch.device(on or device())
     if name == "auto":
         if native_bf16(target):

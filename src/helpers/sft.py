@@ -31,6 +31,16 @@ class HeldoutPerplexity(TrainerCallback):
         self.tokenizer, self.texts, self.seq_len, self.every = tokenizer, list(texts), seq_len, every
         self.curve: list[dict] = []
 
+    @classmethod
+    def for_profile(cls, profile: Profile, tokenizer, texts: list[str]) -> "HeldoutPerplexity":
+        """At step 0 and at most EVAL_POINTS more steps of the profile's SFT run, at its sequence length."""
+        every = max(1, -(-profile.sft.steps // EVAL_POINTS))  # ceil: at most 5 + 1 points
+        return cls(tokenizer, texts, profile.sft.seq_len, every)
+
+    def table(self) -> pd.DataFrame:
+        """The curve: `step` and `perplexity`, one row per measurement."""
+        return pd.DataFrame(self.curve, columns=["step", "perplexity"])
+
     def measure(self, state, model):
         self.curve.append({"step": state.global_step,
                            "perplexity": perplexity(model, self.tokenizer, self.texts, self.seq_len)})
@@ -81,33 +91,34 @@ def settings(profile: Profile, model, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["config", "setting", "value"]).set_index(["config", "setting"])
 
 
+def sft_reviews(profile: Profile, train_texts) -> Dataset:
+    """The reviews SFT trains on: one pass, no repeats (steps × batch of them), in TRL's "text" column."""
+    n_texts = min(len(train_texts), profile.sft.steps * profile.sft.batch_size)
+    return Dataset.from_dict({"text": list(train_texts[:n_texts])})
+
+
 def train_sft(profile: Profile, model, tokenizer, train_texts, eval_texts=None, seed: int = 0):
-    """Train a new LoRA adapter on `train_texts` (causal LM loss).
+    """Train a new LoRA adapter on `train_texts` (causal LM loss): TRL's SFTTrainer with the profile's LoraConfig
+    and SFTConfig, as notebook 01 shows it step by step.
 
     Returns the PEFT model, the logged training losses, and the held-out perplexity curve of `eval_texts`
     (a DataFrame with `step` and `perplexity`; empty without `eval_texts`).
     """
-    steps = profile.sft.steps  # a notebook's SFT_STEPS: configure(PROFILE, sft_steps=SFT_STEPS)
     callbacks = []
     if eval_texts is not None and len(eval_texts):
-        callbacks.append(HeldoutPerplexity(tokenizer, eval_texts, profile.sft.seq_len,
-                                           every=max(1, -(-steps // EVAL_POINTS))))  # ceil: at most 5 + 1 points
-    n_texts = min(len(train_texts), steps * profile.sft.batch_size)  # one epoch, no repeats
-    dataset = Dataset.from_dict({"text": list(train_texts[:n_texts])})
+        callbacks.append(HeldoutPerplexity.for_profile(profile, tokenizer, eval_texts))
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing is kept
-        args = sft_config(profile, seed, scratch)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(profile, model),
-            callbacks=callbacks,
-        )
+        trainer = SFTTrainer(model=model, args=sft_config(profile, seed, scratch),
+                             train_dataset=sft_reviews(profile, train_texts), processing_class=tokenizer,
+                             peft_config=lora_config(profile, model), callbacks=callbacks)
         trainer.train()
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    curve = pd.DataFrame(callbacks[0].curve if callbacks else [], columns=["step", "perplexity"])
-    return trainer.model, losses, curve
+    curve = callbacks[0].table() if callbacks else pd.DataFrame(columns=["step", "perplexity"])
+    return trainer.model, logged_losses(trainer), curve
+
+
+def logged_losses(trainer) -> list[float]:
+    """The training losses the Trainer logged (every `logging_steps`)."""
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
 
 
 def save_adapter(peft_model, destination: str | Path, metrics: dict | None = None) -> Path:

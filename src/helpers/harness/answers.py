@@ -20,7 +20,8 @@ def _summary(row) -> str:
     """effect [95% interval] (verdict, n seeds); an equality claim's effect is its worst seed, no interval."""
     no_interval = row["expected"] == "=" or row["ci_low"] in ("", None) or pd.isna(row["ci_low"])
     ci = "" if no_interval else f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
-    return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {int(row['n_seeds'])} seeds)"
+    n = int(row["n_seeds"])
+    return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {n} seed{'' if n == 1 else 's'})"
 
 
 # what a verdict means for a claim that says "slower": "differs" is the other side of zero, i.e. faster

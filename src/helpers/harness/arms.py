@@ -8,7 +8,6 @@ from the 01 SFT adapter and the 02 merged model (or the base) and pick the refer
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 from peft import PeftModel
 
+from ..display import Columns, sources
 from ..merge import load_adapter
 from ..models import PPO_ADAPTER, load_model, new_lora, ppo_lora_config
 from ..profiles import Profile
@@ -162,9 +162,10 @@ def check_arms(arms) -> list[str]:
     return list(arms)
 
 
-def builder_source(name: str) -> str:
-    """The few lines that build an arm: what notebook 04 compares, shown rather than described."""
-    return inspect.getsource(ARMS[check_arms([name])[0]].build)
+def builder_sources(*names: str) -> Columns:
+    """The few lines that build each arm, side by side: what notebook 04 compares, shown rather than described."""
+    return sources(*(ARMS[n].build for n in check_arms(list(names))),
+                   titles=[f"{n}: the reference is {ARMS[n].reference}" for n in names])
 
 
 def build_arm(name: str, profile: Profile, sft_adapter: str | Path, merged_dir: str | Path,
