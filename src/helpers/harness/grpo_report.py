@@ -154,3 +154,4 @@ def power_line(power: pd.DataFrame, pilot) -> str:
     return (f"The pilot (seeds {', '.join(map(str, pilot))}) put {reach} of {len(power)} findings within reach of "
             f"{seeds} paired seeds (at the pilot's mean and spread, a 95% interval over that many excludes 0); with "
             f"{seeds} seeds, {settled} of {len(power)} have a verdict, the others a bound.")
+
