@@ -34,11 +34,11 @@ from ..artifacts import read_json, save_figure, write_csv
 from ..profiles import Profile, configure
 from ..settings import GRPOSettings
 from .figures import dose_response, grpo_curves
-from .results import Results, load_results
+from .results import Results
 from .run import Run
 from .schedule import run_all
 from .sizing import round_1sf
-from .study import check_report, study_dir, study_inputs, write_manifest
+from .study import read_committed, study_dir, study_inputs, write_manifest
 from .verdicts import MEASURES, SAYS, Claim, dose_claims, findings, verdict
 
 STUDY = "grpo"
@@ -140,13 +140,8 @@ def design_from_manifest(manifest: dict) -> GRPODesign:
 
 def load_grpo_study(folder: str | Path) -> tuple[Results, GRPODesign, dict]:
     """The committed GRPO study: its runs' tables, design and manifest (what notebook 06 renders)."""
-    folder = Path(folder)
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"No GRPO study in {folder} (manifest.json missing): run `make study-grpo` first, "
-                                f"or set RUN_STUDY = True in notebook 06.")
-    manifest = read_json(folder / "manifest.json")
-    check_report(folder, manifest, "helpers.harness.grpo_study")
-    return load_results(folder), design_from_manifest(manifest), manifest
+    results, manifest = read_committed(folder, "make study-grpo", "06", "helpers.harness.grpo_study")
+    return results, design_from_manifest(manifest), manifest
 
 
 def run_grpo_study(profile: Profile, seeds: int, folder: Path | None = None, out=None, execute: bool = True,

@@ -269,13 +269,20 @@ def write_verdicts(results: Results, design: Design, folder: Path) -> None:
 
 def load_study(folder: str | Path) -> tuple[Results, Design, dict]:
     """A committed study: its tables, design and manifest (what notebook 05 renders)."""
+    results, manifest = read_committed(folder, "make study", "05", "helpers.harness.study")
+    return results, design_from_manifest(manifest), manifest
+
+
+def read_committed(folder: str | Path, command: str, notebook: str, module: str) -> tuple[Results, dict]:
+    """A committed study's tables and manifest, its report checked against the manifest's hashes; the errors
+    name `command` (which makes it), the `notebook` that renders it and the `module` that rewrites its report."""
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"No study in {folder} (manifest.json missing): run `make study` first, or set "
-                                f"RUN_STUDY = True in notebook 05.")
+        raise FileNotFoundError(f"No study in {folder} (manifest.json missing): run `{command}` first, or set "
+                                f"RUN_STUDY = True in notebook {notebook}.")
     manifest = read_json(folder / "manifest.json")
-    check_report(folder, manifest, "helpers.harness.study")
-    return load_results(folder), design_from_manifest(manifest), manifest
+    check_report(folder, manifest, module)
+    return load_results(folder), manifest
 
 
 def check_report(folder: Path, manifest: dict, module: str) -> None:
