@@ -54,22 +54,31 @@ def pick(found: dict[str, str], start: str) -> str:
     return matches[0]
 
 
-def rewrite_links(text: str, root: Path, build: Path, page_dir: str = "") -> str:
-    """Links of README text made to work on the site: `notebooks/X.ipynb` to the executed notebook's page, a file
-    under docs/ copied into the build at the same path, a page of docs/site/ to its page, anything else in the
-    repository to GitHub; web links and anchors as they are."""
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub and MyST (myst_heading_anchors) make it: "## The recipe" -> "the-recipe"."""
+    return re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower()).replace(" ", "-")
+
+
+def rewrite_links(text: str, root: Path, build: Path, page_dir: str = "", anchors: dict[str, str] | None = None,
+                  page: str = "") -> str:
+    """Links of README text made to work on the site: `notebooks/X.ipynb` (or its executed copy in docs/notebooks/)
+    to the executed notebook's page, a file under docs/ (a figure, a table) copied into the build at the same path, a page of docs/site/ to its page, anything else in the
+    repository to GitHub; an anchor of a README section that is on another page (`anchors`: anchor -> page) to
+    that page; web links and other anchors as they are."""
     def fix(match):
         label, target = match.group(1), match.group(2)
+        if target.startswith("#") and anchors and anchors.get(target[1:], page) != page:  # a section now elsewhere
+            return f"{label}({page_dir}{anchors[target[1:]]}.md{target})"
         if re.match(r"^(https?:|mailto:|#)", target):
             return match.group(0)
         path, _, anchor = target.partition("#")
         anchor = f"#{anchor}" if anchor else ""
-        if path.startswith("notebooks/") and path.endswith(".ipynb"):
-            return f"{label}({page_dir}{path}{anchor})"
+        if re.match(r"^(docs/)?notebooks/[^/]+\.ipynb$", path):  # the lesson or its executed copy: its page
+            return f"{label}({page_dir}notebooks/{Path(path).name}{anchor})"
         if path.startswith(str(SITE_SOURCE) + "/") and path.endswith(".md"):
             return f"{label}({page_dir}{Path(path).name}{anchor})"
         source = root / path
-        if path.startswith("docs/") and source.is_file():
+        if path.startswith("docs/") and source.is_file() and source.suffix not in (".md", ".ipynb"):
             (build / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, build / path)
             return f"{label}({page_dir}{path}{anchor})"
@@ -106,8 +115,10 @@ def assemble(build: Path, root: Path | None = None) -> list[str]:
     intro = found[""].split("\n", 1)[1]  # the README's opening, without its title
     index = (f"# lora-rlhf-tutorial\n\n{intro.strip()}\n\n```{{toctree}}\n:maxdepth: 1\n\n" + "\n".join(order)
              + "\n```\n")
+    anchors = {slug(line): name for name, text in {"index": index, **pages}.items()
+               for line in text.splitlines() if line.startswith("#")}
     for name, text in {"index": index, **pages}.items():
-        (build / f"{name}.md").write_text(rewrite_links(text, root, build))
+        (build / f"{name}.md").write_text(rewrite_links(text, root, build, anchors=anchors, page=name))
     return order
 
 
@@ -129,8 +140,10 @@ def build_site(out: str | Path | None = None, root: Path | None = None) -> Path:
     html = out / "html"
     command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", str(out / "src"), str(html)]
     done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"sphinx-build failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    missing = [line for line in done.stderr.splitlines() if "xref_missing" in line]  # a link Sphinx drops to "#"
+    if done.returncode or missing:
+        raise RuntimeError(f"sphinx-build failed ({' '.join(command)}):\n"
+                           + ("\n".join(missing) if missing else done.stderr[-3000:]))
     return html / "index.html"
 
 
