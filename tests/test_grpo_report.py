@@ -8,7 +8,8 @@ import pytest
 
 from helpers.harness.grpo_report import beside_ppo, compare_pulls, comparison_line, power_line
 from helpers.harness.results import Results
-from helpers.harness.verdicts import Claim, findings, pilot_power, seeds_needed
+from helpers.harness.sizing import pilot_power
+from helpers.harness.verdicts import Claim, findings, seeds_needed
 
 START = 0.4  # every arm's KL to the base at step 0
 

@@ -148,7 +148,7 @@ def training_line(ppo_design: dict, grpo_design: dict) -> str:
 
 def power_line(power: pd.DataFrame, pilot) -> str:
     """The power calculation in words: how many findings the pilot put within reach of the seeds that ran, and how
-    many have a verdict now (`verdicts.pilot_power`'s table)."""
+    many have a verdict now (`sizing.pilot_power`'s table)."""
     seeds = int(power["seeds_run"].max()) if len(power) else 0
     reach, settled = int(power["within_reach"].sum()), int(power["verdict"].ne("inconclusive").sum())
     return (f"The pilot (seeds {', '.join(map(str, pilot))}) put {reach} of {len(power)} findings within reach of "

@@ -14,6 +14,7 @@ regenerates the generated blocks in both. Links are rewritten for the site: a no
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ..artifacts import output_dir, project_root
+from .readme import ANSWERS_BEGIN, ANSWERS_END
 
 REPOSITORY = "https://github.com/lora-rlhf-tutorial/lora-rlhf-tutorial"
 SITE_SOURCE = Path("docs") / "site"  # conf.py and the pages the README does not hold
@@ -123,8 +125,6 @@ def assemble(build: Path, root: Path | None = None) -> list[str]:
 
 
 def _answers_first(readme: str) -> str:
-    from .readme import ANSWERS_BEGIN, ANSWERS_END
-
     return readme.split(ANSWERS_BEGIN, 1)[1].split(ANSWERS_END, 1)[0].strip() + "\n\n"
 
 
@@ -132,11 +132,9 @@ def build_site(out: str | Path | None = None, root: Path | None = None) -> Path:
     """Assemble the sources in <out>/src and build the HTML into <out>/html; returns the index page."""
     out = Path(out) if out else output_dir(None) / "site"
     assemble(out / "src", root)
-    try:
-        import myst_nb  # noqa: F401  (the notebook reader: only the site needs it)
-    except ImportError as e:
+    if importlib.util.find_spec("myst_nb") is None:  # the notebook reader: only the site needs it
         raise ImportError('The site needs Sphinx, myst-nb and the book theme: pip install "lora-rlhf-tutorial[docs]" '
-                          "(make docs installs them).") from e
+                          "(make docs installs them).")
     html = out / "html"
     command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", str(out / "src"), str(html)]
     done = subprocess.run(command, capture_output=True, text=True)

@@ -312,32 +312,6 @@ def findings(results: Results, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 
-def pilot_power(results: Results, claims: list[Claim], pilot) -> pd.DataFrame:
-    """The power calculation from a pilot: each finding's effect and spread over the `pilot` seeds alone, the
-    seeds that would settle it at that spread (`seeds_needed`), beside the seeds the study ran and its verdict
-    on all of them. A pilot's spread over 2 seeds is itself uncertain: the seeds needed are an estimate."""
-    full = findings(results, claims).set_index(["study", "key", "beta"])
-    small = results.seeds(pilot)
-    rows = []
-    for c in claims:
-        if c.kind != "finding":
-            continue
-        r = small.select(c.study) if c.over_beta else small.select(c.study, c.beta)
-        if not len(r.runs) or not {c.arm, c.control} <= set(r.runs["arm"]):
-            continue
-        _, values = beta_slopes(small, c) if c.over_beta else paired_values(r, c)
-        beta = "slope" if c.over_beta else ("" if c.beta is None else f"{c.beta:g}")
-        after = full.loc[(c.study, c.key, beta)]
-        needed = seeds_needed(values)
-        rows.append({"key": c.key, "beta": beta, "claim": c.claim, "pilot_seeds": len(values),
-                     "pilot_effect": float(values.mean()) if len(values) else math.nan,
-                     "pilot_sd": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                     "seeds_needed": "–" if needed is None else (f"{needed}+" if needed >= 10_000 else str(needed)),
-                     "within_reach": needed is not None and needed <= int(after["n_seeds"]),
-                     "seeds_run": int(after["n_seeds"]), "verdict": after["verdict"]})
-    return pd.DataFrame(rows)
-
-
 SIGNED = {"effect", "ci_low", "ci_high", "gain", "z"}  # differences: their sign is the finding
 
 
