@@ -101,7 +101,7 @@ def test_colab_installs_the_tag_of_this_version_and_environment_yml_matches():
         assert f'lora-rlhf-tutorial@v{version}"' in setup.source, path.name
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert sorted(extras) == ["dev", "lab", "scale"] and f"-e .[{','.join(sorted(extras))}]" in pip
+    assert sorted(extras) == ["dev", "docs", "lab", "scale"] and f"-e .[{','.join(sorted(extras))}]" in pip
     assert "-c constraints.txt" in pip  # the same pins as `make install`
     assert '"ipywidgets' in pyproject.split("dependencies = [")[1].split("]")[0]
 
