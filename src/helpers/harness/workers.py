@@ -101,6 +101,9 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def start_ray():
     """Connect to $RAY_ADDRESS, or start Ray on this machine with one CPU slot per core."""
+    # Ray's C++ core prints a stack trace to stderr on SIGTERM, which is how a notebook's kernel ends (papermill,
+    # JupyterLab's restart): pages of "logging.cc" in `make tutorial`'s output after a run that went well
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:  # here, not at the top: Ray is optional (the `scale` extra) and takes seconds to import
         import ray
     except ImportError as e:
