@@ -29,6 +29,7 @@ def test_the_pages_are_the_readmes_sections_with_links_that_work_on_the_site(tmp
             heading = next(h for h in found if h and h.startswith(start))
             assert page.count(f"### {heading}\n") == 1
     assert "| Why merge? |" in (tmp_path / "src" / "answers.md").read_text()  # the answers first
+    assert "](docs/site/" not in (tmp_path / "src" / "performance.md").read_text()
     assert order[0] == "answers" and "notebooks/06_grpo_reference" in order
     assert (tmp_path / "src" / "notebooks" / "06_grpo_reference.ipynb").exists()
     index = (tmp_path / "src" / "index.md").read_text()

@@ -314,6 +314,11 @@ def test_the_readme_results_are_generated_from_the_committed_runs():
 
     text = (ROOT / "README.md").read_text()
     assert readme_with_results(text, study_dir("smol"), tutorial_dir("smol")) == text
+    from helpers.harness.readme import GRPO_BEGIN, PERFORMANCE_PAGE, page_with_results
+
+    page = (ROOT / PERFORMANCE_PAGE).read_text()  # the site's Performance page: its benchmark figures
+    assert page_with_results(page) == page and "| phase | time (s) |" in page
+    assert "| the pitfall pulls the policy towards the base | 2 |" in text.split(GRPO_BEGIN, 1)[1]
     generated = text.split(TUTORIAL_BEGIN, 1)[1]
     assert any(line.startswith("| 01 | 02 | 03 | 04 |") for line in generated.splitlines()) and "the pitfall pulls the policy towards the base" in generated
 

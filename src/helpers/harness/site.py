@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -110,15 +111,17 @@ def assemble(build: Path, root: Path | None = None) -> list[str]:
         body = "\n".join(pick(found, s).replace("## ", "### ", 1).replace("\n## ", "\n### ") for s in starts)
         pages[name] = f"# {title}\n\n{body}"
     pages["answers"] = pages["answers"].replace("# The answers\n\n", "# The answers\n\n" + _answers_first(readme), 1)
-    for name in HAND_PAGES:
-        pages[name] = (root / SITE_SOURCE / f"{name}.md").read_text()
+    for name in HAND_PAGES:  # written to render on GitHub: their links are relative to docs/site/
+        pages[name] = LINK.sub(lambda m: m.group(0) if re.match(r"^(https?:|mailto:|#)", m.group(2)) else
+                               f"{m.group(1)}({os.path.normpath(SITE_SOURCE / m.group(2))})",
+                               (root / SITE_SOURCE / f"{name}.md").read_text())
     order = ["answers", "recipe", *[f"notebooks/{n.stem}" for n in notebooks], "performance", "scale",
              "troubleshooting"]
     intro = found[""].split("\n", 1)[1]  # the README's opening, without its title
     index = (f"# lora-rlhf-tutorial\n\n{intro.strip()}\n\n```{{toctree}}\n:maxdepth: 1\n\n" + "\n".join(order)
              + "\n```\n")
     anchors = {slug(line): name for name, text in {"index": index, **pages}.items()
-               for line in text.splitlines() if line.startswith("#")}
+               for line in re.sub(r"```.*?```", "", text, flags=re.S).splitlines() if line.startswith("#")}
     for name, text in {"index": index, **pages}.items():
         (build / f"{name}.md").write_text(rewrite_links(text, root, build, anchors=anchors, page=name))
     return order
