@@ -164,8 +164,10 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None, arm: str 
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.6 * rows), squeeze=False)
     first = axes.flat[0]
     for ax, (measure, cs) in zip(axes.flat, by_measure.items()):
+        points = []  # each β's per-seed values, for the points and for the fitted line's centre
         for i, c in enumerate(sorted(cs, key=lambda c: c.beta)):
             unit, values = paired_values(results.select(c.study, c.beta), c)
+            points.append(values)
             if not len(values):
                 continue
             jitter = c.beta * 10 ** (0.04 * (np.arange(len(values)) - (len(values) - 1) / 2) / max(len(values), 1))
@@ -187,7 +189,6 @@ def dose_response(results, claims, slopes: pd.DataFrame | None = None, arm: str 
                 r = row.iloc[0]
                 panel += f"\nslope {r.effect:+.3g} per ×10 β [{r.ci_low:+.3g}, {r.ci_high:+.3g}]: {r.verdict}"
                 # the fitted line: the mean slope through the mean of every seed's values at the mean log β
-                points = [paired_values(results.select(c.study, c.beta), c)[1] for c in cs]
                 centre = np.mean([v.mean() for v in points if len(v)]) if any(len(v) for v in points) else 0.0
                 logs = np.log10(betas)
                 ax.plot(betas, centre + r.effect * (logs - logs.mean()), color="#d62728", linewidth=1.2,

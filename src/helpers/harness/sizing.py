@@ -18,7 +18,7 @@ from ..ppo import PPOConfig
 from ..profiles import Profile
 from .results import Results
 from .run import Inputs
-from .verdicts import Claim, beta_slopes, findings, paired_values, seeds_needed
+from .verdicts import Claim, beta_label, claim_values, findings, seeds_needed
 
 
 def round_1sf(x: float) -> float:
@@ -130,13 +130,10 @@ def pilot_power(results: Results, claims: list[Claim], pilot) -> pd.DataFrame:
     small = results.seeds(pilot)
     rows = []
     for c in claims:
-        if c.kind != "finding":
+        if c.kind != "finding" or (got := claim_values(small, c)) is None:
             continue
-        r = small.select(c.study) if c.over_beta else small.select(c.study, c.beta)
-        if not len(r.runs) or not {c.arm, c.control} <= set(r.runs["arm"]):
-            continue
-        _, values = beta_slopes(small, c) if c.over_beta else paired_values(r, c)
-        beta = "slope" if c.over_beta else ("" if c.beta is None else f"{c.beta:g}")
+        _, values = got
+        beta = beta_label(c)
         after = full.loc[(c.study, c.key, beta)]
         needed = seeds_needed(values)
         rows.append({"key": c.key, "beta": beta, "claim": c.claim, "pilot_seeds": len(values),

@@ -281,13 +281,6 @@ def read_committed(folder: str | Path, command: str, notebook: str, module: str)
         raise FileNotFoundError(f"No study in {folder} (manifest.json missing): run `{command}` first, or set "
                                 f"RUN_STUDY = True in notebook {notebook}.")
     manifest = read_json(folder / "manifest.json")
-    check_report(folder, manifest, module)
-    return load_results(folder), manifest
-
-
-def check_report(folder: Path, manifest: dict, module: str) -> None:
-    """Refuse a report whose files differ from the hashes its manifest recorded (torn by an interrupted write),
-    naming the command that rewrites it from the runs (`module`: the study's)."""
     report = manifest.get("report", {})  # a study reported before the report was recorded has none
     torn = [f for f, digest in report.get("files", {}).items()
             if not (folder / f).exists() or content_hash(folder / f) != digest]
@@ -296,6 +289,7 @@ def check_report(folder: Path, manifest: dict, module: str) -> None:
                                  f"(an interrupted write?). Nothing was read: rewrite the report from the runs with "
                                  f"`python -m {module} --profile {manifest['profile']} --study-dir {folder} "
                                  f"--report-only`.")
+    return load_results(folder), manifest
 
 
 def main(argv: list[str] | None = None) -> int:

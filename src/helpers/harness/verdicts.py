@@ -295,17 +295,29 @@ def beta_slopes(results: Results, c: Claim) -> tuple[str, pd.Series]:
     return f"slope of Δ {unit} per ×10 of β", pd.Series(slopes, dtype=float)
 
 
+def claim_values(results: Results, c: Claim) -> tuple[str, pd.Series] | None:
+    """(unit, per-seed values) of claim `c` on `results` (every study), or None where its arm or its control did
+    not run: the per-seed slopes of a dose-response claim, else the paired values at its β."""
+    r = results.select(c.study) if c.over_beta else results.select(c.study, c.beta)
+    if not len(r.runs) or not {c.arm, c.control} <= set(r.runs["arm"]):
+        return None
+    return beta_slopes(results, c) if c.over_beta else paired_values(r, c)
+
+
+def beta_label(c: Claim) -> str:
+    """The `beta` column of a finding: "slope" for a dose-response, else its β ("" where the study has one)."""
+    return "slope" if c.over_beta else ("" if c.beta is None else f"{c.beta:g}")
+
+
 def findings(results: Results, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
     """One row per claim whose arm and control both ran: the control, the effect (arm minus control, per
     paired seed), its 95% interval, the number of seeds and the verdict."""
     rows = []
     for c in claims:
-        r = results.select(c.study) if c.over_beta else results.select(c.study, c.beta)
-        if not len(r.runs) or not {c.arm, c.control} <= set(r.runs["arm"]):
+        if (got := claim_values(results, c)) is None:
             continue
-        unit, values = beta_slopes(results, c) if c.over_beta else paired_values(r, c)
-        rows.append({"kind": c.kind, "key": c.key, "claim": c.claim, "study": c.study,
-                     "beta": "slope" if c.over_beta else ("" if c.beta is None else f"{c.beta:g}"),
+        unit, values = got
+        rows.append({"kind": c.kind, "key": c.key, "claim": c.claim, "study": c.study, "beta": beta_label(c),
                      "arm": c.arm, "control": c.control, "measure": unit, "expected": c.expected,
                      **verdict(values.to_numpy(), c.expected, c.tolerance,
                                c.measure in GROWS_WITH_STEPS and not c.over_beta, c.target)})
