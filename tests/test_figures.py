@@ -11,7 +11,10 @@ import pytest  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
 from helpers.harness.design import study_claims  # noqa: E402
-from helpers.harness.figures import comparison_curves, dose_response, frontier, study_frontier  # noqa: E402
+from helpers.harness.figures import (comparison_curves, dose_response, frontier, grpo_curves,  # noqa: E402
+                                     pull_by_algorithm, study_frontier)
+from helpers.harness.grpo_report import beside_ppo  # noqa: E402
+from helpers.harness.grpo_study import grpo_claims, grpo_study_dir, load_grpo_study  # noqa: E402
 from helpers.harness.results import load_results  # noqa: E402
 from helpers.harness.study import load_study, study_dir  # noqa: E402
 from helpers.harness.verdicts import findings  # noqa: E402
@@ -49,11 +52,18 @@ def test_frontiers_draw_intervals_and_say_n(comparison):
         plt.close(fig)
 
 
-def test_the_dose_response_labels_the_betas_it_ran_and_draws_each_slope():
-    results, design, _ = load_study(study_dir("smol"))
-    claims = study_claims(design)
+@pytest.fixture(scope="module")
+def grpo():
+    return load_grpo_study(grpo_study_dir("smol"))
+
+
+@pytest.mark.parametrize("which", ["ppo", "grpo"])
+def test_the_dose_response_labels_the_betas_it_ran_and_draws_each_slope(which, grpo):
+    results, design, _ = load_study(study_dir("smol")) if which == "ppo" else grpo
+    claims = study_claims(design) if which == "ppo" else grpo_claims(design)
     table = findings(results, claims)
-    fig = dose_response(results, claims, slopes=table[table.beta == "slope"])
+    fig = dose_response(results, claims, slopes=table[table.beta == "slope"],
+                        **({} if which == "ppo" else {"arm": "pitfall"}))
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == [f"{b:g}" for b in design.betas]
         assert any(line.get_linestyle() == "--" for line in ax.get_lines()), "fitted slope not drawn"
@@ -70,4 +80,47 @@ def test_ppo_curves_are_a_grid_two_panels_wide():
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 4 and {round(ax.get_position().width, 3) for ax in visible}.__len__() == 1
     assert len({round(ax.get_position().x0, 2) for ax in visible}) == 2  # two columns
+    plt.close(fig)
+
+
+def _drawn(ax):
+    """(legend label, x data) of every labelled line: an errorbar's label sits on its container."""
+    lines = [(c.get_label(), c.lines[0].get_xdata()) for c in ax.containers if not c.get_label().startswith("_")]
+    return lines + [(line.get_label(), line.get_xdata()) for line in ax.get_lines()
+                    if not line.get_label().startswith("_")]
+
+
+def test_grpo_curves_every_line_says_its_n_and_runs_the_steps_its_data_ran(grpo):
+    results = grpo[0]
+    e = results.evaluation
+    fig = grpo_curves(results)
+    gap = e["step"].drop_duplicates().sort_values().diff().min()
+    assert len({ax.get_xlim() for ax in fig.axes}) == 1, "panels with different step axes"
+    for ax in fig.axes:
+        drawn = _drawn(ax)
+        assert len(drawn) == e.groupby(["arm", "beta"]).ngroups, [label for label, _ in drawn]
+        for label, x in drawn:
+            arm, beta = label.split(", β=")[0], float(label.split("β=")[1].split(" ")[0])
+            data = e[(e["arm"] == arm) & (e["beta"] == beta)]
+            assert f"(n={data.seed.nunique()})" in label, label
+            steps = sorted(data["step"].unique())
+            assert len(x) == len(steps) and all(abs(a - b) < gap / 2 for a, b in zip(x, steps)), (label, x, steps)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(legend) == len(set(legend)) == e.groupby(["arm", "beta"]).ngroups, legend
+    plt.close(fig)
+
+
+def test_the_pull_by_algorithm_says_each_algorithms_n_and_labels_its_betas(grpo):
+    ppo = load_study(study_dir("smol"))[0]
+    side = beside_ppo(ppo, grpo[0])
+    fig = pull_by_algorithm(side, 0.45, (0.001, 0.04))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    for algorithm, g in side.groupby("algorithm"):
+        n = sorted(set(g["n_seeds"]))
+        said = [t for t in labels if t.startswith(algorithm)]
+        assert said and (f"n={n[0]}" in said[0]) and (f"{n[-1]} seeds" in said[0]), (said, n)
+    ticks = {t.get_text() for ax in fig.axes for t in ax.get_xticklabels()}
+    ticks |= {t.get_text() for ax in fig.axes for child in ax.get_children() if hasattr(child, "get_xticklabels")
+              for t in child.get_xticklabels()}
+    assert {f"{b:g}" for b in side["beta"]} <= ticks, ticks
     plt.close(fig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -265,26 +266,51 @@ def pull_by_algorithm(table: pd.DataFrame, kl_sft_base: float, frameworks: tuple
     return fig
 
 
+def _shade(colour, weight: float):
+    """`colour` mixed with white: weight 1 is the colour itself, 0 is white."""
+    rgb = np.array(matplotlib.colors.to_rgb(colour))
+    return tuple(1 - (1 - rgb) * weight)
+
+
 def grpo_curves(results):
-    """GRPO (notebook 06): each arm's held-out evaluations over training, a line per β (solid: the largest; dashed:
-    β = 0), mean over the seeds it ran with its 95% band where there are several (n in the legend)."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    """GRPO (notebook 06): each arm's held-out evaluations over training, a line per (arm, β): the arm's colour
+    (its PPO twin's), darker and thicker for a larger β, dashed for β = 0; the mean over the seeds it ran with its
+    95% interval as bars where there are several (n in the legend). The lines are nudged apart along the step
+    axis (by at most a fifth of the evaluation interval) so that bars at one step do not hide each other."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9), sharex=True)
     panels = [("reward_mean", "held-out reward", "reward (reward-model score)"),
               ("kl_sft_exact", "held-out KL to the SFT model", "KL per token (nats)"),
               ("kl_base_exact", "held-out KL to the base model", "KL per token (nats)"),
               ("perplexity", "held-out IMDB perplexity", "perplexity")]
     e = results.evaluation
+    betas = sorted(e["beta"].unique())
+    rank = {b: i / max(len(betas) - 1, 1) for i, b in enumerate(betas)}  # 0: the smallest β, 1: the largest
+    arms = list(dict.fromkeys(e["arm"]))
+    lines = sorted(e.groupby(["arm", "beta"]).groups, key=lambda key: (arms.index(key[0]), key[1]))
+    gap = np.diff(np.sort(e["step"].unique())).min() if e["step"].nunique() > 1 else 1
+    nudge = {key: 0.2 * gap * (i / max(len(lines) - 1, 1) - 0.5) for i, key in enumerate(lines)}
     for ax, (column, title, ylabel) in zip(axes.flat, panels):
-        for (arm, beta), table in e.groupby(["arm", "beta"], sort=False):
-            band = seed_band(table, column)
-            style = {**arm_style(arm), **({"linestyle": "--", "marker": None} if beta == 0 else {})}
-            ax.plot(band["step"], band["mean"], label=f"{arm}, β={beta:g} (n={band['n'].max()})", **style)
-            if band["n"].max() > 1:
-                ax.fill_between(band["step"], band["low"], band["high"], color=style.get("color"), alpha=0.12,
-                                linewidth=0)
-        ax.set(xlabel="GRPO steps done", ylabel=ylabel, title=title)
+        for arm, beta in lines:  # by arm, then β: the legend reads in columns
+            band, base = seed_band(e[(e["arm"] == arm) & (e["beta"] == beta)], column), arm_style(arm)
+            n = band["n"].max()
+            style = dict(color=_shade(base.get("color", "0.3"), 0.35 + 0.65 * rank[beta]),
+                         linestyle="--" if beta == 0 else base.get("linestyle", "-"),
+                         marker=base.get("marker") or "o", markersize=4 + 2 * rank[beta],
+                         linewidth=0.9 + 2.2 * rank[beta], label=f"{arm}, β={beta:g} (n={n})")
+            x = band["step"] + nudge[(arm, beta)]
+            if n > 1:
+                ax.errorbar(x, band["mean"], yerr=[band["mean"] - band["low"], band["high"] - band["mean"]],
+                            elinewidth=0.8, capsize=2, **style)
+            else:
+                ax.plot(x, band["mean"], **style)
+        ax.set(ylabel=ylabel, title=title)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0, 0].legend(fontsize=9)
-    fig.suptitle("GRPO with TRL's GRPOTrainer: what each way of handing it the SFT model does")
-    fig.tight_layout()
+        ax.tick_params(labelbottom=True)  # step labels under every panel, not only the bottom row
+    for ax in axes[-1]:
+        ax.set_xlabel("GRPO steps done")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.suptitle("GRPO with TRL's GRPOTrainer: what each way of handing it the SFT model does\n"
+                 "darker and thicker = larger β; bars: 95% intervals over the paired seeds")
+    fig.tight_layout(rect=(0, 0.03 * (1 + (len(labels) - 1) // 4), 1, 1))
     return fig
