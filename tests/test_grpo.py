@@ -164,3 +164,30 @@ def test_the_framework_table_names_arms_that_exist_and_says_what_06_measured():
         assert ("0.4877" in row) == (f.grpo_arm == "pitfall") and (("0.0000" in row) == (f.grpo_arm in ("recipe", "ref-copy")))
     assert "measured in notebook 06" not in framework_markdown(None)
     assert set(framework_table(grpo=True).grpo_arm) <= set(GRPO_ARMS)
+
+
+def test_trls_default_bf16_runs_the_evaluations_inside_training_under_autocast(tiny, tokenizer, grpo_inputs):
+    """Why notebook 06's step-0 perplexity differs from 01's for the same SFT model (precision_line says so):
+    GRPOConfig defaults to bf16=True, and accelerate wraps the trained model's forward in bf16 autocast, so a
+    callback's forward inside training is in bf16, and no autocast(enabled=False) around it undoes that."""
+    from transformers import TrainerCallback
+
+    from helpers.grpo import grpo_config
+    from helpers.models import perplexity
+
+    texts = load_imdb(tiny)["heldout"]["text"][:8]
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            with torch.autocast("cpu", enabled=False):
+                seen["inside"] = perplexity(model, tokenizer, texts, 32)
+
+    one_step = replace(SETTINGS, steps=1)
+    assert grpo_config(one_step).bf16  # TRL's default, which the package keeps
+    trainer = _trainer("ref-copy", tiny, tokenizer, grpo_inputs, one_step)
+    before = perplexity(trainer.model, tokenizer, texts, 32)
+    trainer.add_callback(Probe())
+    trainer.train()
+    assert seen["inside"] != pytest.approx(before, rel=1e-6), "the evaluation inside training ran in full precision"
+    assert seen["inside"] == pytest.approx(before, rel=0.05)  # the same model, in bf16

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from helpers.harness.grpo_report import beside_ppo, compare_pulls, comparison_line, power_line
+from helpers.harness.grpo_report import beside_ppo, compare_pulls, comparison_line, power_line, precision_line
 from helpers.harness.results import Results
 from helpers.harness.sizing import pilot_power
 from helpers.harness.verdicts import Claim, findings, seeds_needed
@@ -57,7 +57,7 @@ def test_grpos_pull_is_compared_with_ppos_read_off_its_line_in_log_beta():
     assert compare_pulls(_ppo(), _grpo(0.01)).set_index(["measure", "beta"]).loc[
         ("pull (nats/token)", 0.01)].grpo_is.startswith("inconclusive: |difference| < ")
     line = comparison_line(table.reset_index())
-    assert "at β = 0.01 GRPO's is weaker" in line and "β 0.001 not compared" in line
+    assert "at β = 0.01, GRPO" in line and "GRPO's pull is weaker" in line and "β 0.001 not compared" in line
 
 
 def test_beside_ppo_gives_each_studys_pull_with_its_seeds():
@@ -77,3 +77,10 @@ def test_the_power_calculation_reads_the_pilot_seeds_alone():
     assert power.verdict == findings(results, [claim]).iloc[0].verdict
     assert power_line(pilot_power(results, [claim], pilot=(0, 1)), (0, 1)).startswith(
         f"The pilot (seeds 0, 1) put {int(needed <= 4)} of 1 findings within reach of 4 paired seeds")
+
+
+def test_the_precision_line_puts_06s_step0_perplexity_beside_01s_and_names_the_precision():
+    ends = pd.DataFrame({"perplexity, step 0": [57.807, 57.745]})
+    line = precision_line(ends, 57.766, "bf16")
+    assert "57.745–57.807" in line and "57.766" in line and "bf16=True" in line
+    assert "full precision" in precision_line(ends.iloc[:1], 57.807, None) and "–" not in precision_line(ends.iloc[:1], 57.807, None)

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from helpers.tuning import BASELINE, KL_BUDGET, PERPLEXITY_BUDGET, choose, confirmation, distinct_2, summarise
+from helpers.tuning import BASELINE, KL_BUDGET, PERPLEXITY_BUDGET, Tuning, choose, confirmation, distinct_2, summarise
 
 
 def trials(rows):
@@ -45,3 +45,17 @@ def test_the_confirmation_is_the_paired_difference_per_seed():
 def test_distinct_2_falls_when_a_policy_repeats_itself():
     assert distinct_2(["a fine film with a plot", "the cast is good"]) == 1.0
     assert distinct_2(["great great great great"]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kl, ppl, over", [(0.1, 1.1, False), (KL_BUDGET * 2, 1.1, True), (0.1, PERPLEXITY_BUDGET + 0.1, True)])
+def test_the_sentences_say_whether_the_budget_held_at_the_length_the_notebook_runs(kl, ppl, over):
+    choice = {"winner": "fast", "step": 10, "why": "w", "gain": 0.2, "gain_low": 0.1, "gain_high": 0.3, "kl_sft": 0.1,
+              "perplexity_ratio": 1.1,
+              "confirmation": {"seeds": 3, "step": 20, "winner_gain": 0.5, "baseline_gain": 0.3, "difference": 0.2,
+                               "low": -0.1, "high": 0.5, "winner_p_positive": [0.5, 0.6], "winner_kl_sft": kl,
+                               "baseline_kl_sft": 0.1, "winner_perplexity_ratio": ppl}}
+    summary = summarise(trials(setting(BASELINE, 0.2, 0.1, 4.0) + setting("fast", 0.6, 0.1, 3.0)))
+    text = "\n".join(Tuning(None, summary, choice, {}).sentences())
+    assert "Rerun on fresh prompts" in text and "Confirmed" not in text
+    assert ("not at this notebook's" in text) == over, text
+    assert "Screened out" not in text  # no setting of SCREENED_OUT ran here

@@ -83,9 +83,9 @@ def merge_base(profile: Profile):
 def refuse_quantized(model, profile: Profile) -> None:
     if is_quantized(model):
         raise QuantizedMergeError(
-            "Refusing to merge into an 8-bit/4-bit base: W + BA is quantized again and most of the LoRA "
-            "update is smaller than the rounding step (notebook 02 measures what is lost: into 4-bit, more "
-            "than SFT gained). Load the base in full precision for the merge "
+            "Refusing to merge into an 8-bit/4-bit base: W + BA is rounded to the quantization grid again, and "
+            "the part of the LoRA update smaller than a rounding step can be lost (notebook 02 measures how "
+            "much). Load the base in full precision for the merge "
             f"(load_model(profile, dtype=torch.{profile.merge_dtype})) and quantize the merged model later."
         )
 

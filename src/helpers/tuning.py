@@ -247,7 +247,10 @@ class Tuning:
         c = self.choice
         if not c.get("winner"):
             return [f"No setting was chosen: {c.get('why', '')}."]
-        out = [f"Chosen: {c['winner']!r} at {c['step']} steps, {c['why']}: a gain of {c['gain']:+.3f} "
+        screened = self.summary.loc[self.summary.setting.isin(SCREENED_OUT)]
+        out = [f"Screened out after their first seed by a rule set after seeing it (KL over twice the budget with "
+               f"less gain than the setting before's): {', '.join(sorted(set(screened.setting)))}."] if len(screened) else []
+        out += [f"Chosen: {c['winner']!r} at {c['step']} steps, {c['why']}: a gain of {c['gain']:+.3f} "
                f"[{c['gain_low']:+.3f}, {c['gain_high']:+.3f}] on the selection prompts, KL to the SFT model "
                f"{c['kl_sft']:.3f}, perplexity {c['perplexity_ratio']:.2f}x the SFT model's."]
         f = c.get("confirmation") or {}
@@ -255,11 +258,21 @@ class Tuning:
             sign = ("better than" if f["low"] > 0 else "worse than" if f["high"] < 0 else
                     "not distinguishable at these seeds from")
             out.append(
-                f"Confirmed on fresh prompts and {f['seeds']} fresh seeds at {f['step']} steps: gain {f['winner_gain']:+.3f} "
+                f"Rerun on fresh prompts and {f['seeds']} fresh seeds at {f['step']} steps: gain {f['winner_gain']:+.3f} "
                 f"against {f['baseline_gain']:+.3f} for the setting before, a paired difference of "
                 f"{f['difference']:+.3f} [{f['low']:+.3f}, {f['high']:+.3f}] ({sign} the setting before); "
                 f"P(positive) {f['winner_p_positive'][0]:.1%} -> {f['winner_p_positive'][1]:.1%}; KL to the SFT model "
                 f"{f['winner_kl_sft']:.3f} against {f['baseline_kl_sft']:.3f}.")
+            if f["step"] != c["step"] and "winner_perplexity_ratio" in f:  # chosen at one length, run at another
+                budget = self.manifest.get("protocol", {})  # the budget the study ran with
+                kl_budget, ppl_budget = budget.get("kl_budget", KL_BUDGET), budget.get("perplexity_budget", PERPLEXITY_BUDGET)
+                kl_ok, ppl_ok = f["winner_kl_sft"] <= kl_budget, f["winner_perplexity_ratio"] <= ppl_budget
+                out.append(f"Chosen at {c['step']} steps, it was rerun at {f['step']}: there its KL to the SFT model "
+                           f"{f['winner_kl_sft']:.3f} is {'within' if kl_ok else 'over'} the budget ({kl_budget}) "
+                           f"and its perplexity {f['winner_perplexity_ratio']:.2f}x the SFT model's is "
+                           f"{'within' if ppl_ok else 'over'} the budget ({ppl_budget}x)"
+                           + ("." if kl_ok and ppl_ok else ": the budget held at the length it was chosen at, "
+                              "not at this notebook's."))
             r = f.get("repetition", {}).get(c["winner"])
             if r:
                 out.append(f"Repetition check (distinct word bigrams over all bigrams of the held-out responses): "

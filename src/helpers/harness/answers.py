@@ -21,7 +21,8 @@ def _summary(row) -> str:
     no_interval = row["expected"] == "=" or row["ci_low"] in ("", None) or pd.isna(row["ci_low"])
     ci = "" if no_interval else f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
     n = int(row["n_seeds"])
-    return f"{float(row['effect']):+.3g}{ci} ({row['verdict']}, {n} seed{'' if n == 1 else 's'})"
+    effect = f"{float(row['effect']):.3g}" if row["expected"] == "=" else f"{float(row['effect']):+.3g}"  # a value
+    return f"{effect}{ci} ({row['verdict']}, {n} seed{'' if n == 1 else 's'})"
 
 
 # what a verdict means for a claim that says "slower": "differs" is the other side of zero, i.e. faster

@@ -46,6 +46,20 @@ def exploratory_line(ends: pd.DataFrame, beta: float) -> str:
             f"{pit['perplexity, end'] - copy['perplexity, end']:+.2f} against the copy's.")
 
 
+def precision_line(ends: pd.DataFrame, sft_perplexity: float, mixed: str | None) -> str:
+    """The step-0 perplexity of the GRPO runs beside notebook 01's of the same SFT model, and why they differ:
+    with `mixed` ("bf16": GRPOConfig's default, or "fp16"), accelerate wraps the trained model's forward in
+    autocast for the whole run, so the held-out evaluations, called from a callback inside it, run in it too."""
+    start = ends["perplexity, step 0"]
+    here = f"{start.min():.3f}" if f"{start.min():.3f}" == f"{start.max():.3f}" else f"{start.min():.3f}–{start.max():.3f}"
+    line = f"Step-0 perplexity {here} here against {sft_perplexity:.3f} in notebook 01, the same SFT model"
+    if not mixed:
+        return line + " (both in full precision)."
+    return (line + f": GRPOConfig has {mixed}=True, so accelerate runs every forward of the model TRL trains under "
+            f"{mixed} autocast, these evaluations included, while notebooks 01–05 evaluate in full precision. The "
+            "arms of this notebook (and of its study) share that precision, so they compare with each other.")
+
+
 # each study's pitfall (reference = the base) and its control (reference = the SFT adapter)
 PITFALLS = {"PPO": ("fixed-beta", "adapter+disabled", "adapter+ref-adapter"), "GRPO": ("grpo", "pitfall", "ref-copy")}
 
@@ -127,8 +141,9 @@ def comparison_line(table: pd.DataFrame) -> str:
     lines = []
     for measure, t in table.groupby("measure", sort=False):
         done = t[~t["grpo_is"].str.startswith("not compared")]
-        parts = [f"at β = {r.beta:g} GRPO's is {r.grpo_is} ({r.grpo:+.3f} against PPO's {r.ppo:+.3f}, difference "
-                 f"{r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], {r.grpo_seeds} and {r.ppo_seeds:.0f} seeds)"
+        parts = [f"at β = {r.beta:g}, GRPO {r.grpo:+.3f} against PPO {r.ppo:+.3f}, GRPO − PPO {r.difference:+.3f} "
+                 f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r.grpo_seeds} and {r.ppo_seeds:.0f} seeds): "
+                 + (r.grpo_is if r.grpo_is.startswith("inconclusive") else f"GRPO's pull is {r.grpo_is}")
                  for r in done.itertuples()]
         left = t[t["grpo_is"].str.startswith("not compared")]
         lines.append(f"The {measure}: " + ("; ".join(parts) if parts else "no β compared")

@@ -54,8 +54,10 @@ def verdict(diffs, expected: str, tolerance: float = 0.0, grows_with_steps: bool
         if not n:
             return {**row, "verdict": "inconclusive", "to_settle": "no paired seeds"}
         worst = float(x[np.argmax(np.abs(x - target))])
-        row.update(effect=worst, verdict="as expected" if abs(worst - target) <= tolerance else "differs",
-                   to_settle=f"every one of {n} paired seed(s) within {tolerance:g} of {target:g}")
+        # the effect is the worst seed's value; no interval (the mean's would not be around it)
+        row.update(effect=worst, ci_low=math.nan, ci_high=math.nan,
+                   verdict="as expected" if abs(worst - target) <= tolerance else "differs",
+                   to_settle=f"as expected when every paired seed is within {tolerance:g} of {target:g} ({n} ran)")
         return row
     if expected not in (">0", "<0"):
         raise ValueError(f"expected must be '>0', '<0' or '=', not {expected!r}")
@@ -324,12 +326,13 @@ def findings(results: Results, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 
-SIGNED = {"effect", "ci_low", "ci_high", "gain", "z"}  # differences: their sign is the finding
+SIGNED = {"effect", "ci_low", "ci_high", "gain", "z", "difference", "pull", "grpo", "ppo"}  # differences: their sign is the finding
 
 
 def readable(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A table as plain strings: the same in a notebook's HTML, in plain text and in nbval. Differences carry
-    their sign (never -0.000); other numbers are plain; a missing value is a dash."""
+    their sign (never -0.000); other numbers are plain, as is an equality claim's effect (a value, its worst
+    seed's, not a difference with a direction); a missing value is a dash."""
     def number(x, signed):
         if isinstance(x, (float, np.floating)):
             if math.isnan(x):
@@ -339,5 +342,6 @@ def readable(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             text = f"{x:+.{digits}f}" if abs(x) >= 10 ** -digits or x == 0 else f"{x:+.1e}"
             return "+" + text[1:] if text.strip("+-0.") == "" else text
         return x
-    return pd.DataFrame({c: [number(x, c in SIGNED) for x in table[c]] for c in table.columns},
-                        index=table.index).astype(str)
+    equality = table["expected"].eq("=").tolist() if "expected" in table else [False] * len(table)
+    return pd.DataFrame({c: [number(x, c in SIGNED and not (c == "effect" and eq)) for x, eq in zip(table[c], equality)]
+                         for c in table.columns}, index=table.index).astype(str)

@@ -42,9 +42,8 @@ def cores() -> int:
 def resolve_workers(workers: int | str | None = None) -> int:
     """`workers` as a count, with the profiles' precedence (helpers.profiles.configure): the value given, else
     $TUTORIAL_WORKERS (`make ... WORKERS=`), else "auto". "auto" is 2 on a CPU-only machine with at least 2
-    cores where Ray is installed, else 1. Measured on 2 cores (smol, 4 runs of 04): 2 workers x 1 thread took
-    0.92x the wall time of one process with 2 threads (README, "Running the study on more machines"); a GPU
-    runs one run at a time."""
+    cores where Ray is installed, else 1 (benchmarks/workers.py measures the two layouts; its figures are on the
+    site's Performance page); a GPU runs one run at a time."""
     if workers is None:
         workers = os.environ.get("TUTORIAL_WORKERS") or "auto"
     if isinstance(workers, str) and workers.strip().isdigit():
