@@ -12,7 +12,7 @@ from conftest import ROOT  # noqa: E402
 
 from helpers.harness.design import study_claims  # noqa: E402
 from helpers.harness.figures import (comparison_curves, dose_response, frontier, grpo_curves,  # noqa: E402
-                                     pull_by_algorithm, study_frontier)
+                                     penalty_alone, pull_by_algorithm, study_frontier)
 from helpers.harness.grpo_report import beside_ppo  # noqa: E402
 from helpers.harness.grpo_study import grpo_claims, grpo_study_dir, load_grpo_study  # noqa: E402
 from helpers.harness.results import load_results  # noqa: E402
@@ -32,14 +32,21 @@ def _labels(fig):
     return [line.get_label() for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
 
 
-def test_comparison_curves_share_one_step_axis_and_every_line_says_its_n(comparison):
-    fig = comparison_curves(comparison)
+@pytest.mark.parametrize("which", ["main", "penalty"])
+def test_comparison_curves_share_one_step_axis_and_every_line_says_its_n_and_runs_its_steps(which):
+    results = load_results(TUTORIAL).study(which)
+    fig = (comparison_curves if which == "main" else penalty_alone)(results)
     limits = {ax.get_xlim() for ax in fig.axes}
     assert len(limits) == 1, f"panels with different step axes: {limits}"
-    n = comparison.evaluation.groupby("arm").seed.nunique()
-    for label in _labels(fig):
-        arm = label.split(" (")[0]
-        assert f"(n={n[arm]})" in label if n[arm] > 1 else "only)" in label, label
+    e = results.evaluation
+    n = e.groupby("arm").seed.nunique()
+    held_out = fig.axes if which == "penalty" else fig.axes[:4]  # 04's bottom middle and right: training steps
+    for ax in held_out:
+        for line in [line for line in ax.get_lines() if not line.get_label().startswith("_")]:
+            label = line.get_label()
+            arm = label.split(" (")[0]
+            assert f"(n={n[arm]})" in label if n[arm] > 1 else "only)" in label, label
+            assert list(line.get_xdata()) == sorted(e[e.arm == arm].step.unique()), (label, line.get_xdata())
     plt.close(fig)
 
 
