@@ -2,7 +2,7 @@
 
 Runs the first `--runs` runs of notebook 04's plan (the reward-on arms, `--steps` steps each, held-out
 evaluation at the start and the end) into a temporary folder, with `--workers` workers (1: in-process with
-all the cores' threads, as `make tutorial` does by default; W > 1: W Ray workers, each with cores / W
+all the cores' threads, as `WORKERS=1` does; W > 1: W Ray workers, each with cores / W
 threads). Prints the wall time, runs per hour, and the largest peak resident memory of any one process that
 ran a run (the driver, or a worker).
 
@@ -12,7 +12,7 @@ ran a run (the driver, or a worker).
 `--compare` times the two as whole processes, in turn, `--pairs` times each (the order alternating), and
 writes the figures the Performance page renders (`make publish`); run nothing else beside it:
 
-    .venv/bin/python benchmarks/workers.py --compare --pairs 2 --profile smol --runs 4 --steps 2 \
+    .venv/bin/python benchmarks/workers.py --compare --pairs 2 --profile smol --runs 8 --steps 4 \
         --json docs/benchmarks/workers.json
 
 Ray's start and each worker's model loading are part of what a user waits for, hence whole processes. Needs
@@ -115,8 +115,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=profile_name())
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", help="the output folder with notebook 02's merged model (default: $OUTPUT_DIR, else outputs)")
     parser.add_argument("--compare", action="store_true", help="time --workers 1 and 2 as whole processes, in turn")
     parser.add_argument("--pairs", type=int, default=2, help="with --compare: how many of each, alternating")

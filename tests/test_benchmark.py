@@ -45,6 +45,7 @@ def test_the_workers_figures_and_their_sentence_follow_the_file(tmp_path, two, w
     assert f"each do {word} runs per hour than one process" in block  # 105/95 - 1 = 11%; 105/125 - 1 = -16%
     assert "come to 7.0 GiB against 3.5 GiB, 2.0× the memory" in block  # 2 workers × 3 GiB + the driver's 1 GiB
     assert "Test CPU, 2 cores" in block and "Not measured" not in block
+    assert ("picks 2 workers on such a machine: the faster" in block) == (word.endswith("more"))
 
 
 def test_the_workers_figures_not_measured_say_how_to_measure(tmp_path):

@@ -114,7 +114,11 @@ def test_grpo_curves_every_line_says_its_n_and_runs_the_steps_its_data_ran(grpo)
             assert len(x) == len(steps) and all(abs(a - b) < gap / 2 for a, b in zip(x, steps)), (label, x, steps)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(legend) == len(set(legend)) == e.groupby(["arm", "beta"]).ngroups, legend
+    assert "bars: 95% intervals" in fig._suptitle.get_text()
     plt.close(fig)
+    one_seed = grpo_curves(results.seeds([0]))  # the tutorial's runs: no interval to draw, none promised
+    assert "no interval" in one_seed._suptitle.get_text() and not any(ax.containers for ax in one_seed.axes)
+    plt.close(one_seed)
 
 
 def test_the_pull_by_algorithm_says_each_algorithms_n_and_labels_its_betas(grpo):

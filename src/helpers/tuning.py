@@ -249,7 +249,7 @@ class Tuning:
             return [f"No setting was chosen: {c.get('why', '')}."]
         screened = self.summary.loc[self.summary.setting.isin(SCREENED_OUT)]
         out = [f"Screened out after their first seed by a rule set after seeing it (KL over twice the budget with "
-               f"less gain than the setting before's): {', '.join(sorted(set(screened.setting)))}."] if len(screened) else []
+               f"less gain than the untuned setting's): {', '.join(sorted(set(screened.setting)))}."] if len(screened) else []
         out += [f"Chosen: {c['winner']!r} at {c['step']} steps, {c['why']}: a gain of {c['gain']:+.3f} "
                f"[{c['gain_low']:+.3f}, {c['gain_high']:+.3f}] on the selection prompts, KL to the SFT model "
                f"{c['kl_sft']:.3f}, perplexity {c['perplexity_ratio']:.2f}x the SFT model's."]

@@ -19,9 +19,9 @@ from .verdicts import CLAIMS, findings
 def _summary(row) -> str:
     """effect [95% interval] (verdict, n seeds); an equality claim's effect is its worst seed, no interval."""
     no_interval = row["expected"] == "=" or row["ci_low"] in ("", None) or pd.isna(row["ci_low"])
-    ci = "" if no_interval else f" [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
+    ci = "" if no_interval else f" [{float(row['ci_low']):+#.3g}, {float(row['ci_high']):+#.3g}]"  # #: +0.500, not +0.5
     n = int(row["n_seeds"])
-    effect = f"{float(row['effect']):.3g}" if row["expected"] == "=" else f"{float(row['effect']):+.3g}"  # a value
+    effect = f"{float(row['effect']):#.3g}" if row["expected"] == "=" else f"{float(row['effect']):+#.3g}"  # a value
     return f"{effect}{ci} ({row['verdict']}, {n} seed{'' if n == 1 else 's'})"
 
 

@@ -8,7 +8,9 @@ from statistics import median
 
 from ..artifacts import read_json
 
-WORKERS_COMMAND = (".venv/bin/python benchmarks/workers.py --compare --pairs 2 --profile smol --runs 4 --steps 2 "
+# 8 runs of 4 steps: long enough that Ray's start and each worker's model loading weigh as they do in notebook 04
+# (4 runs of 2 steps measured 2 workers 1.06-1.08x slower on 2 cores: start-up, not throughput)
+WORKERS_COMMAND = (".venv/bin/python benchmarks/workers.py --compare --pairs 2 --profile smol --runs 8 --steps 4 "
                    "--json docs/benchmarks/workers.json")
 
 
@@ -46,4 +48,5 @@ def workers_block(folder: str | Path) -> str:
         f"{threads(one['threads'])} (ratio of the median wall times, Ray's start and each worker's model loading "
         f"included); their processes' peaks added come to {gib(memory_many)} against {gib(memory_one)}, "
         f"{memory_many / memory_one:.1f}× the memory (each worker holds its own models; an upper bound, since the "
-        "peaks need not coincide)."])
+        "peaks need not coincide). `WORKERS=auto` picks 2 workers on such a machine: "
+        + ("the faster layout in this measurement." if ratio < 1 else "not the faster layout in this measurement.")])

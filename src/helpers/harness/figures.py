@@ -310,7 +310,9 @@ def grpo_curves(results):
         ax.set_xlabel("GRPO steps done")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-    fig.suptitle("GRPO with TRL's GRPOTrainer: what each way of handing it the SFT model does\n"
-                 "darker and thicker = larger β; bars: 95% intervals over the paired seeds")
+    bars = ("bars: 95% intervals over the paired seeds" if e.groupby(["arm", "beta"]).seed.nunique().max() > 1
+            else "one seed per line: no interval")
+    fig.suptitle(f"GRPO with TRL's GRPOTrainer: what each way of handing it the SFT model does\n"
+                 f"darker and thicker = larger β; {bars}")
     fig.tight_layout(rect=(0, 0.03 * (1 + (len(labels) - 1) // 4), 1, 1))
     return fig

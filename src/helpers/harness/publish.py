@@ -104,7 +104,7 @@ RESULT_FILES = {"notebooks/timings.json": "timings.json", "01_sft/adapter/metric
                 **{f"04_comparison/figures/{f}.png": f"figures/04_{f}.png"
                    for f in ("comparison", "frontier", "memory_time", "penalty_alone")},
                 **{f"06_grpo/{t}.csv": f"06_grpo_{t}.csv" for t in ("step0", "run_ends")},
-                "06_grpo/figures/grpo_curves.png": "figures/06_grpo_curves.png"}
+                **{f"06_grpo/figures/{f}.png": f"figures/06_{f}.png" for f in ("grpo_curves", "grpo_beside_ppo")}}
 
 
 def publish_results(run: str | Path, destination: str | Path, command: str) -> Path:
