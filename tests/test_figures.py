@@ -28,8 +28,11 @@ def comparison():
     return load_results(TUTORIAL).study("main")
 
 
-def _labels(fig):
-    return [line.get_label() for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
+def _drawn(ax):
+    """(legend label, x data) of every labelled line: an errorbar's label sits on its container."""
+    lines = [(c.get_label(), c.lines[0].get_xdata()) for c in ax.containers if not c.get_label().startswith("_")]
+    return lines + [(line.get_label(), line.get_xdata()) for line in ax.get_lines()
+                    if not line.get_label().startswith("_")]
 
 
 @pytest.mark.parametrize("which", ["main", "penalty"])
@@ -42,11 +45,10 @@ def test_comparison_curves_share_one_step_axis_and_every_line_says_its_n_and_run
     n = e.groupby("arm").seed.nunique()
     held_out = fig.axes if which == "penalty" else fig.axes[:4]  # 04's bottom middle and right: training steps
     for ax in held_out:
-        for line in [line for line in ax.get_lines() if not line.get_label().startswith("_")]:
-            label = line.get_label()
+        for label, x in _drawn(ax):
             arm = label.split(" (")[0]
             assert f"(n={n[arm]})" in label if n[arm] > 1 else "only)" in label, label
-            assert list(line.get_xdata()) == sorted(e[e.arm == arm].step.unique()), (label, line.get_xdata())
+            assert list(x) == sorted(e[e.arm == arm].step.unique()), (label, x)
     plt.close(fig)
 
 
@@ -88,13 +90,6 @@ def test_ppo_curves_are_a_grid_two_panels_wide():
     assert len(visible) == 4 and {round(ax.get_position().width, 3) for ax in visible}.__len__() == 1
     assert len({round(ax.get_position().x0, 2) for ax in visible}) == 2  # two columns
     plt.close(fig)
-
-
-def _drawn(ax):
-    """(legend label, x data) of every labelled line: an errorbar's label sits on its container."""
-    lines = [(c.get_label(), c.lines[0].get_xdata()) for c in ax.containers if not c.get_label().startswith("_")]
-    return lines + [(line.get_label(), line.get_xdata()) for line in ax.get_lines()
-                    if not line.get_label().startswith("_")]
 
 
 def test_grpo_curves_every_line_says_its_n_and_runs_the_steps_its_data_ran(grpo):

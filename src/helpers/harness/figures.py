@@ -286,12 +286,13 @@ def grpo_curves(results):
     betas = sorted(e["beta"].unique())
     rank = {b: i / max(len(betas) - 1, 1) for i, b in enumerate(betas)}  # 0: the smallest β, 1: the largest
     arms = list(dict.fromkeys(e["arm"]))
-    lines = sorted(e.groupby(["arm", "beta"]).groups, key=lambda key: (arms.index(key[0]), key[1]))
+    groups = dict(list(e.groupby(["arm", "beta"])))  # each line's rows, split once for the four panels
+    lines = sorted(groups, key=lambda key: (arms.index(key[0]), key[1]))
     gap = np.diff(np.sort(e["step"].unique())).min() if e["step"].nunique() > 1 else 1
     nudge = {key: 0.2 * gap * (i / max(len(lines) - 1, 1) - 0.5) for i, key in enumerate(lines)}
     for ax, (column, title, ylabel) in zip(axes.flat, panels):
         for arm, beta in lines:  # by arm, then β: the legend reads in columns
-            band, base = seed_band(e[(e["arm"] == arm) & (e["beta"] == beta)], column), arm_style(arm)
+            band, base = seed_band(groups[(arm, beta)], column), arm_style(arm)
             n = band["n"].max()
             style = dict(color=_shade(base.get("color", "0.3"), 0.35 + 0.65 * rank[beta]),
                          linestyle="--" if beta == 0 else base.get("linestyle", "-"),
